@@ -85,9 +85,11 @@ class Tokenizer(nn.Module):
         return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
     def fingerprint(self) -> str:
-        """sha256 (16 hex) of every weight and buffer: names a latent space, for cache checks."""
+        """sha256 (16 hex) of the weights (not the latent stats): names a latent space, for cache checks."""
         h = hashlib.sha256()
         for name, t in sorted(self.state_dict().items()):
+            if name in ("latent_mean", "latent_std"):
+                continue
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
         return h.hexdigest()[:16]

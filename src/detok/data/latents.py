@@ -1,0 +1,184 @@
+"""Latent statistics and the latent cache written by `detok encode`.
+
+The cache stores posterior moments (mean and log-variance, as MAR does, so that generators can
+train on posterior samples) of each image and of its horizontal flip, in safetensors shards, with
+`meta.json` recording the tokenizer's fingerprint and normalisation. A generator run against a cache
+made by another tokenizer (or other statistics) stops with an error instead of training on the
+wrong latent space.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from detok.engine import dist
+from detok.tokenizers.base import DiagonalGaussian, Tokenizer
+
+CACHE_FORMAT = 1
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, collate=None) -> DataLoader:
+    sampler = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate
+    )
+
+
+@torch.no_grad()
+def latent_stats(
+    tokenizer: Tokenizer,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    max_images: int = 0,
+    collate=None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (C,) of posterior means over the dataset (no flips), float64 sums, all ranks."""
+    tokenizer.eval()
+    c = tokenizer.latent_channels
+    acc = torch.zeros(3, c, dtype=torch.float64, device=device)  # count, sum, sum of squares
+    seen = 0
+    for batch in tqdm(
+        _loader(dataset, batch_size, num_workers, collate), desc="latent stats", disable=not progress
+    ):
+        z = tokenizer.encode(batch["image"].to(device)).double()  # (B, C, h, w)
+        acc[0] += z.shape[0] * z.shape[2] * z.shape[3]
+        acc[1] += z.sum((0, 2, 3))
+        acc[2] += z.pow(2).sum((0, 2, 3))
+        seen += z.shape[0]
+        if max_images and seen >= max_images:
+            break
+    dist.all_reduce_sum(acc)
+    mean = acc[1] / acc[0]
+    var = (acc[2] / acc[0] - mean.pow(2)).clamp_min(1e-12)
+    return mean.float().cpu(), var.sqrt().float().cpu()
+
+
+@torch.no_grad()
+def write_cache(
+    tokenizer: Tokenizer,
+    dataset: Dataset,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    source: dict[str, Any],
+    batch_size: int = 64,
+    shard_size: int = 4096,
+    num_workers: int = 0,
+    collate=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every image (and its h-flip) to posterior moments in shards; returns the meta dict."""
+    tokenizer.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    buf: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "index": []}
+    shards, count, k = [], 0, 0
+
+    def flush() -> None:
+        nonlocal k
+        if not buf["labels"]:
+            return
+        name = f"shard-r{rank:03d}-{k:05d}.safetensors"
+        save_file({key: torch.cat(v) for key, v in buf.items()}, str(out / name))
+        shards.append(name)
+        for v in buf.values():
+            v.clear()
+        k += 1
+
+    for batch in tqdm(
+        _loader(dataset, batch_size, num_workers, collate), desc="encode", disable=not progress
+    ):
+        x = batch["image"].to(device)
+        buf["moments"].append(tokenizer.encode_moments(x).float().cpu())  # (B, 2C, h, w)
+        buf["moments_flip"].append(tokenizer.encode_moments(x.flip(-1)).float().cpu())
+        buf["labels"].append(torch.as_tensor(batch["label"]).long())
+        buf["index"].append(torch.as_tensor(batch["index"]).long())
+        count += x.shape[0]
+        if sum(t.shape[0] for t in buf["labels"]) >= shard_size:
+            flush()
+    flush()
+    (out / f"shards-r{rank:03d}.json").write_text(json.dumps({"shards": shards, "count": count}))
+    dist.barrier()
+    meta = {
+        "format": CACHE_FORMAT,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "latent_mean": tokenizer.latent_mean.tolist(),
+        "latent_std": tokenizer.latent_std.tolist(),
+        "latent_shape": list(tokenizer.latent_shape),
+        "source": source,
+    }
+    if rank == 0:
+        parts = [json.loads(p.read_text()) for p in sorted(out.glob("shards-r*.json"))]
+        meta["shards"] = [s for p in parts for s in p["shards"]]
+        meta["count"] = sum(p["count"] for p in parts)
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    dist.barrier()
+    return json.loads((out / "meta.json").read_text())
+
+
+class CacheMismatch(ValueError):
+    """A latent cache was made by a different tokenizer or normalisation than the one in use."""
+
+
+class LatentCache(Dataset):
+    """Cached posterior moments: items {"moments", "moments_flip", "label", "index"}; `sample()` draws latents."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(
+                f"{self.path} is not a latent cache (no meta.json); make one with `detok encode`"
+            )
+        self.meta = json.loads(meta_file.read_text())
+        data: dict[str, list[torch.Tensor]] = {}
+        for name in self.meta["shards"]:
+            for key, value in load_file(str(self.path / name)).items():
+                data.setdefault(key, []).append(value)
+        self.data = {k: torch.cat(v) for k, v in data.items()}
+
+    def __len__(self) -> int:
+        return int(self.data["labels"].shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "moments": self.data["moments"][i],
+            "moments_flip": self.data["moments_flip"][i],
+            "label": int(self.data["labels"][i]),
+            "index": int(self.data["index"][i]),
+        }
+
+    def check(self, tokenizer: Tokenizer) -> None:
+        """Raise CacheMismatch unless the cache was made by this tokenizer with these latent statistics."""
+        fp = tokenizer.fingerprint()
+        if self.meta["tokenizer_fingerprint"] != fp:
+            raise CacheMismatch(
+                f"latent cache {self.path} was made by tokenizer {self.meta['tokenizer_fingerprint']} "
+                f"({self.meta['source'].get('tokenizer', '?')}), not by the tokenizer in use ({fp}); "
+                "re-run `detok encode` with this tokenizer"
+            )
+        for key, mine in (("latent_mean", tokenizer.latent_mean), ("latent_std", tokenizer.latent_std)):
+            if not torch.allclose(torch.tensor(self.meta[key]), mine.float().cpu(), rtol=1e-5, atol=1e-6):
+                raise CacheMismatch(
+                    f"latent cache {self.path} records other latent statistics ({key}) than the tokenizer in use; "
+                    "re-run `detok encode` so that generator training and decoding share one normalisation"
+                )
+
+    @staticmethod
+    def sample(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior samples (B, C, h, w) from cached moments (B, 2C, h, w)."""
+        return DiagonalGaussian(moments).sample(generator)

@@ -1,0 +1,90 @@
+"""Tasks: the science the one engine trains. Each returns losses per optimizer, in update order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from detok.data.build import DataConfig
+from detok.engine.trainer import OptimConfig, TrainConfig
+from detok.losses.gan import hinge_d_loss
+from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
+from detok.tokenizers.detok import DeTok, DetokConfig
+
+
+@dataclass
+class TokenizerRunConfig:
+    """Everything `detok train tokenizer` needs; defaults are the paper's detok_BB 200-epoch recipe."""
+
+    model: str = field(default="detok_bb", metadata={"help": "tokenizer preset the `tokenizer` section started from"})
+    tokenizer: DetokConfig = field(default_factory=DetokConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    disc_start_epoch: float = field(default=100.0, metadata={"help": "GAN on from this epoch (paper: 100 of 200)"})
+    decoder_only: bool = field(default=False, metadata={"help": "freeze the encoder (decoder fine-tuning)"})
+    init_from: str = field(default="", metadata={"help": "initialise weights (EMA) from a detok checkpoint"})
+    stats_images: int = field(default=0, metadata={"help": "images for latent statistics at the end; 0 = all"})
+
+
+class _DiscriminatorPair(nn.Module):
+    """D on real and on (detached) fake images in one module call, so DDP sees a single forward."""
+
+    def __init__(self, disc: nn.Module) -> None:
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(real.device.type, enabled=False):  # the loss side runs in float32, as upstream
+            return self.disc(real.float()), self.disc(fake.float())
+
+
+class TokenizerTask:
+    """l-DeTok training: corrupted reconstruction + perceptual + KL (+ GAN from `disc_start_step`)."""
+
+    ema_module = "model"
+
+    def __init__(self, model: DeTok, loss: TokenizerLoss, disc_start_step: int, hflip: bool = True) -> None:
+        self.model, self.loss = model, loss
+        self.disc_start_step = disc_start_step
+        self.hflip = hflip
+        self.forward_model: nn.Module = model
+        self.forward_disc: nn.Module = _DiscriminatorPair(loss.discriminator)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "disc": self.loss.discriminator}
+
+    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        return {
+            "ae": list(self.model.named_parameters()),
+            "disc": [("disc." + n, p) for n, p in self.loss.discriminator.named_parameters()],
+        }
+
+    def setup(self, info, wrap) -> None:
+        self.loss.to(info.device)
+        # Masking draws a ratio per rank; with m = 0 the mask token is unused, hence find_unused.
+        self.forward_model = wrap(self.model, find_unused=True)
+        self.forward_disc = wrap(_DiscriminatorPair(self.loss.discriminator))
+
+    def step(self, batch: dict[str, Any], step: int, generator: torch.Generator):
+        x = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        if self.hflip:
+            flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5  # (B,)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        recon, kl, corruption = self.forward_model(x, generator=generator)
+        gan = step >= self.disc_start_step
+        out = self.loss.generator_loss(x, recon, kl, gan_active=gan)
+        losses = {"ae": out["loss"]}
+        logs = {k: v.detach() for k, v in out.items()}
+        logs["mask_ratio"] = corruption.mask_ratio.mean()
+        logs["tau"] = corruption.tau.mean()
+        if gan:
+            real, fake = self.forward_disc(x, recon.detach())
+            d_loss = hinge_d_loss(real, fake)
+            losses["disc"] = d_loss
+            logs.update(disc_loss=d_loss.detach(), logits_real=real.mean().detach(), logits_fake=fake.mean().detach())
+        return losses, logs

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics (and, in later issues, generation metrics)."""
