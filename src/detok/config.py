@@ -133,6 +133,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as text; numbers written that way are numbers here
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.split("."), value
 
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from detok.cli.common import add_config_args, print_summary, write_json
 from detok.cli.reconstruct import reconstruct
 from detok.config import deep_update, from_dict, load_yaml, merge, parse_override, save_yaml, to_dict
@@ -40,13 +42,14 @@ def tokenizer_config(model: str | None, presets: list[str], overrides: list[str]
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
     """Train, compute latent statistics (EMA weights), save, reconstruct held-out images; returns the summary."""
+    torch.manual_seed(cfg.train.seed)  # initial weights (incl. random-init perceptual nets) follow the seed
     model = DeTok(cfg.tokenizer)
     if cfg.init_from:
         src = load_tokenizer(cfg.init_from)
         model.load_state_dict(src.state_dict())
     if cfg.decoder_only:
         model.freeze_encoder()
-    loss = TokenizerLoss(cfg.loss)
+    loss = TokenizerLoss(cfg.loss, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
     data_cfg = cfg.data
     data_cfg.image_size = cfg.tokenizer.image_size
     train_set = build_dataset(data_cfg, "train")
