@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     from detok.config import ConfigError
 
     setup_logging()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (argparse stops collecting positionals at an option)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

@@ -93,7 +93,7 @@ def write_cache(
         if not buf["labels"]:
             return
         name = f"shard-r{rank:03d}-{k:05d}.safetensors"
-        save_file({key: torch.cat(v) for key, v in buf.items()}, str(out / name))
+        save_file({key: torch.cat(v).contiguous() for key, v in buf.items()}, str(out / name))
         shards.append(name)
         for v in buf.values():
             v.clear()

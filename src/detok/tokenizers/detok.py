@@ -29,7 +29,7 @@ from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 # width, depth, heads (upstream SIZE_DICT, plus CPU-sized tiny / mini)
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 2),
-    "mini": (256, 4, 4),
+    "mini": (128, 4, 2),
     "small": (512, 8, 8),
     "base": (768, 12, 12),
     "large": (1024, 24, 16),

@@ -1,0 +1,762 @@
+"""l-DeTok tokenizer benchmark: training / encode throughput, counted FLOPs, achieved FLOP/s, peak memory.
+
+Method and results: docs/benchmarks.md. Every (case, flavour, variant) row runs in a fresh subprocess
+(this script re-invoked with --case ... --json) so peak RSS does not mix between rows; the float32
+2048 x 2048 matmul peak is measured in the parent at the start and at the end of the run.
+
+    python benchmarks/bench_tokenizer.py                    # all cases -> docs/benchmarks/tokenizer.json
+    python benchmarks/bench_tokenizer.py --variants         # + implementation-option rows
+    python benchmarks/bench_tokenizer.py --quick --out /tmp/tok.json      # smoke test
+    python benchmarks/bench_tokenizer.py --profile detok_ss_32            # top ops of one training step
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from detok.cli.train import tokenizer_config
+from detok.engine.ema import EMA
+from detok.engine.tasks import TokenizerRunConfig, TokenizerTask
+from detok.engine.trainer import split_decay
+from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.tokenizers.detok import DeTok
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "benchmarks" / "tokenizer.json"
+JSON_MARK = "BENCH_JSON "
+MATMUL_N = 2048
+NO_GAN = 2**62  # disc_start_step that is never reached
+
+# Upstream l-DeTok's model code, measured by the issue author on a machine with a ~240 GFLOP/s float32
+# matmul peak (the code is not available here, so these are reference numbers, not measurements).
+UPSTREAM = {
+    "detok_ss_32": {"img_per_s": 8.0, "peak_gflops": 240.0, "what": "detok_SS, 32 px, patch 4, batch 16"},
+    "detok_bb_256": {"img_per_s": 0.60, "peak_gflops": 240.0, "what": "detok_BB, 256 px, patch 16, batch 4"},
+}
+TARGET_PEAK_FRACTION = 0.70
+TARGET_SPEEDUP = 1.3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark configuration: a tokenizer run config plus batch and default repeat counts."""
+
+    kind: str  # "train" or "encode"
+    model: str | None  # tokenizer preset (None: the YAML's)
+    presets: tuple[str, ...]  # YAML presets, as `detok train tokenizer --config`
+    overrides: tuple[str, ...]  # key=value overrides
+    batch: int
+    warmup: int
+    repeats: int
+    small: bool  # cheap enough for the "full" flavour and the variants by default
+    help: str = ""
+
+
+CASES: dict[str, Case] = {
+    "quickstart": Case(
+        "train", None, ("quickstart_shapes",), (), 32, 3, 20, True,
+        "quickstart_shapes.yaml tokenizer: detok_mini, 32 px, patch 4, latent 8",
+    ),
+    "detok_ss_32": Case(
+        "train", "detok_ss", (), ("tokenizer.image_size=32", "tokenizer.patch_size=4"), 16, 2, 10, True,
+        "detok_ss, 32 px, patch 4, latent 16",
+    ),
+    "detok_bb_256": Case("train", "detok_bb", (), (), 4, 2, 5, False, "detok_bb, 256 px, patch 16, latent 16"),
+    "encode_quickstart": Case(
+        "encode", None, ("quickstart_shapes",), (), 64, 3, 20, True, "eval encode_moments, quickstart tokenizer"
+    ),
+    "encode_bb_256": Case("encode", "detok_bb", (), (), 8, 2, 5, False, "eval encode_moments, detok_bb 256 px"),
+}
+VARIANTS: dict[str, str] = {
+    "eager": "reference: eager model, AdamW foreach (what `detok train tokenizer` runs)",
+    "adamw_fused": "AdamW(fused=True) instead of foreach",
+    "compile_blocks": "every transformer Block torch.compile'd (dynamic=True), AdamW foreach",
+}
+
+
+# -- FLOP counting -------------------------------------------------------------------------------------
+def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """softmax(q k^T) v: two matmuls, 2 * 2 * B * H * Lq * Lk * d."""
+    b, h, lq, d = q_shape
+    return 2 * b * h * lq * k_shape[2] * (d + v_shape[3])
+
+
+def _sdpa_backward_flops(g_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """dV, dP, dQ, dK: four matmuls = 2 x forward (model FLOPs: the kernel's recompute of q k^T is not counted)."""
+    return 2 * _sdpa_forward_flops(q_shape, k_shape, v_shape)
+
+
+def flop_mapping() -> dict:
+    """FlopCounterMode has no formula for CPU flash attention (it would count 0); add one.
+
+    The same convention as the math path (meta device: 2 bmm forward, 4 bmm backward), so counts on the
+    meta device and on the CPU agree exactly.
+    """
+    aten = torch.ops.aten
+    out = {}
+    for name, fn in [
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_forward_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
+    ]:
+        if hasattr(aten, name):
+            out[getattr(aten, name)] = fn
+    return out
+
+
+def counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=flop_mapping())
+
+
+# -- the machine ---------------------------------------------------------------------------------------
+def matmul_peak(seconds: float, n: int = MATMUL_N) -> dict[str, float]:
+    """float32 n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)  # warm-up (threads, allocator)
+    rates: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 3:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": len(rates)}
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """CPU model and flags, cores, torch build and threads, date, git commit."""
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+        "cores_online": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "mkl": torch.backends.mkl.is_available(),
+        "threads": threads,
+        "dtype": "float32",
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": commit,
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss, KiB on Linux), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- configs and the training step --------------------------------------------------------------------
+def run_config(case: Case, flavour: str) -> TokenizerRunConfig:
+    """The exact `detok train tokenizer` config of a case; "full" switches the paper's loss on."""
+    overrides = list(case.overrides)
+    if flavour == "full":
+        overrides += ["loss.perceptual_weight=1.0", "loss.perceptual_pretrained=false"]
+    cfg = tokenizer_config(case.model, list(case.presets), overrides)
+    tok = cfg.tokenizer
+    if tok.gamma != 3.0 or tok.mask_ratio != 0.7 or tok.mask_per_sample:
+        raise ValueError(f"expected the paper's corruption (gamma 3, M 0.7, per-batch m), got {tok}")
+    return cfg
+
+
+def build_task(cfg: TokenizerRunConfig, flavour: str, seed: int) -> TokenizerTask:
+    """DeTok in train mode + TokenizerLoss; "model": pixel MSE + KL only, "full": + LPIPS, ConvNeXt, GAN."""
+    torch.manual_seed(seed)
+    model = DeTok(cfg.tokenizer)
+    loss_cfg = copy.deepcopy(cfg.loss)
+    if flavour == "model":
+        loss_cfg.perceptual_weight = 0.0
+    gen = torch.Generator().manual_seed(seed + 1) if next(model.parameters()).device.type == "cpu" else None
+    loss = TokenizerLoss(loss_cfg, generator=gen)
+    task = TokenizerTask(model, loss, disc_start_step=0 if flavour == "full" else NO_GAN, hflip=cfg.data.hflip)
+    model.train()
+    loss.train()
+    return task
+
+
+class KeepRecorder:
+    """Wraps model.draw_mask to record the number of encoder tokens L of each draw (N when unmasked)."""
+
+    def __init__(self, model: DeTok) -> None:
+        self.n_tok = model.latent_grid**2
+        self.last = self.n_tok
+        self._draw = model.draw_mask
+        model.draw_mask = self  # instance attribute shadows the method; the model code is untouched
+
+    def __call__(self, *args, **kwargs):
+        out = self._draw(*args, **kwargs)
+        self.last = self.n_tok if out[0] is None else int(out[0].shape[1])
+        return out
+
+
+class TrainBench:
+    """The engine's per-step work (Trainer.fit minus data loading) on a fixed random batch.
+
+    step = task.step (hflip, masked + noised forward, loss [, D forward]), finiteness check, then per
+    optimizer: zero_grad, backward, clip_grad_norm_(3.0), AdamW step; then the EMA update.
+    """
+
+    def __init__(self, cfg: TokenizerRunConfig, flavour: str, batch: int, variant: str, seed: int = 0) -> None:
+        self.cfg, self.flavour, self.variant = cfg, flavour, variant
+        self.task = build_task(cfg, flavour, seed)
+        self.model: DeTok = self.task.model
+        self.keep = KeepRecorder(self.model)
+        size = cfg.tokenizer.image_size
+        g = torch.Generator().manual_seed(seed + 2)
+        self.batch = {"image": torch.rand(batch, 3, size, size, generator=g) * 2 - 1}
+        o = cfg.optim
+        lr = o.lr or o.base_lr * cfg.train.global_batch_size / 256
+        kind = {"fused": True} if variant == "adamw_fused" else {"foreach": True}
+        self.optimizers = {
+            name: torch.optim.AdamW(split_decay(named, o.weight_decay, o.no_decay), lr=lr, betas=o.betas, **kind)
+            for name, named in self.task.optimizer_params().items()
+        }
+        if tuple(o.betas) != (0.9, 0.95):
+            raise ValueError(f"expected AdamW betas (0.9, 0.95), got {o.betas}")
+        self.grad_clip = o.grad_clip
+        self.ema = EMA(self.model, cfg.train.ema_decay)
+        self.generator = torch.Generator()
+        self.step_index = 0
+
+    def compile_blocks(self) -> None:
+        """torch.compile every transformer Block in place (dynamic shapes: L changes with the mask)."""
+        for vit in (self.model.encoder, self.model.decoder):
+            for blk in vit.blocks:
+                blk.compile(dynamic=True)
+
+    def forward_backward(self, seed: int) -> dict[str, Any]:
+        """task.step + every loss's backward (no update): what the FLOP-counting pass runs."""
+        self.generator.manual_seed(seed)
+        losses, logs = self.task.step(self.batch, self.step_index, self.generator)
+        for name, loss in losses.items():
+            self.optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        return logs
+
+    def step(self, seed: int) -> dict[str, float]:
+        """One full training step with the generator seeded by `seed`; returns phase times (s)."""
+        t0 = time.perf_counter()
+        self.generator.manual_seed(seed)
+        losses, _ = self.task.step(self.batch, self.step_index, self.generator)
+        if not all(bool(torch.isfinite(v.detach()).all()) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at seed {seed}")
+        t1 = time.perf_counter()
+        t_bwd = t_opt = 0.0
+        for name, loss in losses.items():
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            ta = time.perf_counter()
+            loss.backward()
+            tb = time.perf_counter()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            t_bwd, t_opt = t_bwd + tb - ta, t_opt + time.perf_counter() - tb
+        te = time.perf_counter()
+        self.ema.update(self.model)
+        t2 = time.perf_counter()
+        self.step_index += 1
+        return {"total": t2 - t0, "forward": t1 - t0, "backward": t_bwd, "optimizer": t_opt, "ema": t2 - te}
+
+    def count(self, seed: int) -> tuple[int, int]:
+        """(FLOPs, L) of forward + backward with this seed's draws (everything: model, loss nets, D)."""
+        with counter() as fc:
+            self.forward_backward(seed)
+        return int(fc.get_total_flops()), self.keep.last
+
+
+# -- expected FLOPs over the paper's mask distribution (meta device: no compute) ------------------------
+def keep_distribution(cfg: TokenizerRunConfig, grid: int = 2**20) -> dict[int, float]:
+    """P(L) of the encoder token count under m = max(0, U(mask_low, M)), exactly as DeTok.draw_mask draws it.
+
+    Uniform midpoint grid over u instead of random draws (error ~ 1 / grid).
+    """
+    tok = cfg.tokenizer
+    n_tok = (tok.image_size // tok.patch_size) ** 2
+    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    ratio = (tok.mask_low + (tok.mask_ratio - tok.mask_low) * u).clamp_min(0.0)
+    keep = torch.ceil(n_tok * (1.0 - ratio)).long().clamp(1, n_tok)
+    values, counts = keep.unique(return_counts=True)
+    return {int(v): float(c) / grid for v, c in zip(values, counts)}
+
+
+@contextlib.contextmanager
+def _meta_autocast() -> Iterator[None]:
+    """torch.autocast rejects device_type="meta"; the loss code only uses it with enabled=False (a no-op)."""
+    real = torch.autocast
+
+    def shim(device_type: str, *args, **kwargs):
+        if device_type == "meta":
+            if kwargs.get("enabled", True):
+                raise RuntimeError("autocast enabled on the meta device")
+            return contextlib.nullcontext()
+        return real(device_type, *args, **kwargs)
+
+    torch.autocast = shim  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.autocast = real  # type: ignore[misc]
+
+
+def meta_flops_by_keep(cfg: TokenizerRunConfig, flavour: str, batch: int, keeps: list[int]) -> dict[int, int]:
+    """Counted forward + backward FLOPs of the task step for each encoder token count L, on the meta device."""
+    with torch.device("meta"):
+        task = build_task(cfg, flavour, seed=0)
+    model = task.model
+    n_tok = model.latent_grid**2
+    size = cfg.tokenizer.image_size
+    images = torch.empty(batch, 3, size, size, device="meta")
+    out: dict[int, int] = {}
+    for keep in keeps:
+
+        def fixed(b: int, device: torch.device, generator: torch.Generator | None = None, keep: int = keep):
+            ratio = torch.full((b,), 1.0 - keep / n_tok, device=device)
+            if keep == n_tok:
+                return None, None, None, ratio
+            keep_idx = torch.arange(keep, device=device).expand(b, keep)
+            mask = torch.ones(b, n_tok, dtype=torch.bool, device=device).scatter(1, keep_idx, False)
+            return keep_idx, mask, None, ratio
+
+        model.draw_mask = fixed
+        with counter() as fc, _meta_autocast():
+            losses, _ = task.step({"image": images}, 0, None)
+            for loss in losses.values():
+                loss.backward()
+        model.zero_grad(set_to_none=True)
+        task.loss.discriminator.zero_grad(set_to_none=True)
+        out[keep] = int(fc.get_total_flops())
+    return out
+
+
+class ModelFlops:
+    """Model-step FLOPs (pixel MSE + KL flavour, forward + backward) as an exact function of L.
+
+    For L < N the counted FLOPs are a quadratic in L (linear layers ~ L, attention ~ L^2, the decoder
+    fixed), so three meta-device counts fix it exactly (rational interpolation) and a fourth checks it;
+    L = N (no masking) takes another code path and is counted on its own.
+    """
+
+    def __init__(self, cfg: TokenizerRunConfig, batch: int) -> None:
+        self.dist = keep_distribution(cfg)
+        self.batch = batch
+        self.n_tok = (cfg.tokenizer.image_size // cfg.tokenizer.patch_size) ** 2
+        masked = sorted(k for k in self.dist if k < self.n_tok)
+        self.nodes = sorted({masked[0], masked[len(masked) // 2], masked[-1]}) if masked else []
+        check = [masked[len(masked) // 4]] if len(masked) > 3 else []
+        counts = meta_flops_by_keep(cfg, "model", batch, [*self.nodes, *check, self.n_tok])
+        self.unmasked = counts[self.n_tok]
+        self.node_counts = [counts[k] for k in self.nodes]
+        self.checked = all(self(k) == counts[k] for k in check)
+        if not self.checked:
+            raise RuntimeError(f"model FLOPs are not quadratic in L: {counts}")
+
+    def __call__(self, keep: int) -> int:
+        """FLOPs of one model step with L encoder tokens."""
+        if keep == self.n_tok:
+            return self.unmasked
+        total = Fraction(0)
+        for i, (xi, yi) in enumerate(zip(self.nodes, self.node_counts)):
+            term = Fraction(yi)
+            for j, xj in enumerate(self.nodes):
+                if j != i:
+                    term *= Fraction(keep - xj, xi - xj)
+            total += term
+        if total.denominator != 1:
+            raise RuntimeError(f"non-integer FLOPs {total} at L={keep}")
+        return int(total)
+
+    def summary(self) -> dict[str, Any]:
+        """E[FLOPs per image] over the mask distribution, plus the unmasked and the most-masked step."""
+        low = min(self.dist)
+        return {
+            "expected_flops_per_img": sum(p * self(k) for k, p in self.dist.items()) / self.batch,
+            "unmasked_flops_per_img": self.unmasked / self.batch,
+            "min_keep": low,
+            "min_keep_flops_per_img": self(low) / self.batch,
+            "p_unmasked": self.dist.get(self.n_tok, 0.0),
+            "expected_visible_frac": sum(p * k for k, p in self.dist.items()) / self.n_tok,
+        }
+
+
+# -- one row (runs in its own process) ----------------------------------------------------------------
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_train_case(name: str, case: Case, flavour: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Count FLOPs for each timed repeat's seed, warm up, then time the repeats (same seeds)."""
+    cfg = run_config(case, flavour)
+    bench = TrainBench(cfg, flavour, case.batch, variant, seed=args.seed)
+    batch = case.batch
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    timed_seeds = [args.seed * 100_003 + 1000 + i for i in range(repeats)]
+    warm_seeds = [args.seed * 100_003 + i for i in range(warmup)]
+    counted = [bench.count(s) for s in timed_seeds]  # eager model, the exact draws of the timed repeats
+    if variant == "compile_blocks":
+        bench.compile_blocks()
+    graphs = [_unique_graphs()]
+    for s in warm_seeds:
+        bench.step(s)
+    graphs.append(_unique_graphs())
+    phases, keeps = [], []
+    for s in timed_seeds:
+        phases.append(bench.step(s))
+        keeps.append(bench.keep.last)
+    graphs.append(_unique_graphs())
+    if keeps != [c[1] for c in counted]:
+        raise RuntimeError(f"mask draws differ between counting and timed passes: {keeps} vs {counted}")
+    times = [p["total"] for p in phases]
+    flops = [c[0] for c in counted]
+    model_flops = ModelFlops(cfg, batch)
+    model_part = [model_flops(k) for k in keeps]
+    loss_part = [f - m for f, m in zip(flops, model_part)]
+    if flavour == "model" and any(loss_part):
+        raise RuntimeError(f"meta-device model FLOPs {model_part} differ from the CPU counts {flops}")
+    expected = model_flops.summary()
+    if flavour == "full":  # the loss nets and D do not depend on L
+        expected["expected_flops_per_img"] += statistics.mean(loss_part) / batch
+        expected["unmasked_flops_per_img"] += statistics.mean(loss_part) / batch
+        expected["min_keep_flops_per_img"] += statistics.mean(loss_part) / batch
+    n_tok = bench.keep.n_tok
+    row: dict[str, Any] = {
+        "case": name,
+        "kind": "train",
+        "flavour": flavour,
+        "variant": variant,
+        "config": case.help,
+        "batch": batch,
+        "image_size": cfg.tokenizer.image_size,
+        "patch_size": cfg.tokenizer.patch_size,
+        "latent_dim": cfg.tokenizer.latent_dim,
+        "encoder_size": cfg.tokenizer.encoder_size,
+        "decoder_size": cfg.tokenizer.decoder_size,
+        "gamma": cfg.tokenizer.gamma,
+        "mask_ratio_M": cfg.tokenizer.mask_ratio,
+        "params": sum(p.numel() for p in bench.model.parameters()),
+        "warmup": warmup,
+        "repeats": repeats,
+        "seeds": timed_seeds,
+        "visible_tokens": keeps,
+        "tokens": n_tok,
+        "visible_frac_mean": statistics.mean(keeps) / n_tok,
+        "step_seconds": times,
+        "flops_per_step": flops,
+        "model_flops_per_step": model_part,
+        "loss_flops_per_step": loss_part,
+        "img_per_s": _summary([batch / t for t in times]),
+        "img_per_s_mean": batch * repeats / sum(times),
+        "flops_per_img_mean": statistics.mean(flops) / batch,
+        "gflops_achieved": _summary([f / t / 1e9 for f, t in zip(flops, times)]),
+        "phase_seconds_median": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
+        **expected,
+        "flops_meta_matches_cpu": flavour != "model" or not any(loss_part),
+    }
+    if variant == "compile_blocks":
+        row["compiled_graphs"] = {"warmup": graphs[1] - graphs[0], "during_timing": graphs[2] - graphs[1]}
+    return row
+
+
+def run_encode_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Eval-mode encode_moments under no_grad: img/s, counted FLOPs, achieved FLOP/s."""
+    cfg = run_config(case, "model")
+    torch.manual_seed(args.seed)
+    model = DeTok(cfg.tokenizer).eval()
+    size = cfg.tokenizer.image_size
+    images = torch.rand(case.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    with torch.no_grad():
+        with counter() as fc:
+            model.encode_moments(images)
+        flops = int(fc.get_total_flops())
+        for _ in range(warmup):
+            model.encode_moments(images)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.encode_moments(images)
+            times.append(time.perf_counter() - t0)
+    return {
+        "case": name,
+        "kind": "encode",
+        "flavour": "encode",
+        "variant": "eager",
+        "config": case.help,
+        "batch": case.batch,
+        "image_size": size,
+        "patch_size": cfg.tokenizer.patch_size,
+        "latent_dim": cfg.tokenizer.latent_dim,
+        "encoder_size": cfg.tokenizer.encoder_size,
+        "params": sum(p.numel() for p in model.encoder.parameters()),
+        "warmup": warmup,
+        "repeats": repeats,
+        "step_seconds": times,
+        "img_per_s": _summary([case.batch / t for t in times]),
+        "img_per_s_mean": case.batch * repeats / sum(times),
+        "flops_per_img_mean": flops / case.batch,
+        "gflops_achieved": _summary([flops / t / 1e9 for t in times]),
+    }
+
+
+def _unique_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover - dynamo internals move
+        return -1
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """The --case mode: one row, measured in this (fresh) process."""
+    case = CASES[args.case]
+    rss_start = rss_mb()
+    ref_before = matmul_peak(args.case_peak_seconds)
+    t0 = time.perf_counter()
+    if case.kind == "encode":
+        row = run_encode_case(args.case, case, args)
+    else:
+        row = run_train_case(args.case, case, args.flavour, args.variant, args)
+    row["wall_seconds"] = time.perf_counter() - t0
+    row["peak_rss_mb"] = rss_mb()
+    row["rss_at_start_mb"] = rss_start  # after imports; the peak includes it
+    ref_after = matmul_peak(args.case_peak_seconds)
+    row["case_matmul_gflops"] = max(ref_before["max_gflops"], ref_after["max_gflops"])
+    row["threads"] = torch.get_num_threads()
+    return row
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    case: str
+    flavour: str
+    variant: str = "eager"
+    extra: list[str] = field(default_factory=list)
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Rows to run: every case; "full" for small cases (or all with --full-all); variants on request."""
+    names = args.cases.split(",") if args.cases else list(CASES)
+    jobs: list[Job] = []
+    for name in names:
+        case = CASES[name]
+        if case.kind == "encode":
+            jobs.append(Job(name, "encode"))
+            continue
+        for flavour in args.flavours.split(","):
+            if flavour == "full" and not (case.small or args.full_all):
+                continue
+            jobs.append(Job(name, flavour))
+        if args.variants and (case.small or args.variants_all):
+            jobs += [Job(name, "model", v) for v in VARIANTS if v != "eager"]
+    return jobs
+
+
+def run_child(job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one row in a fresh interpreter and parse its JSON line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", job.case, "--flavour", job.flavour,
+           "--variant", job.variant, "--json", "--threads", str(args.threads), "--seed", str(args.seed),
+           "--case-peak-seconds", str(args.case_peak_seconds)]
+    if args.warmup:
+        cmd += ["--warmup", str(args.warmup)]
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
+    print(f"[bench] {job.case} / {job.flavour} / {job.variant} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
+    if proc.returncode or not lines:
+        return {"case": job.case, "flavour": job.flavour, "variant": job.variant, "error": f"exit {proc.returncode}"}
+    return json.loads(lines[-1][len(JSON_MARK):])
+
+
+def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
+    """Normalised cross-machine comparison with upstream, and the share-of-peak target, per model row."""
+    out = []
+    for row in rows:
+        if row.get("error") or row["kind"] != "train" or row["flavour"] != "model" or row["variant"] != "eager":
+            continue
+        frac = row["gflops_achieved"]["median"] / peak
+        item: dict[str, Any] = {
+            "case": row["case"],
+            "peak_fraction": frac,
+            "meets_peak_target": frac >= TARGET_PEAK_FRACTION,
+        }
+        ref = UPSTREAM.get(row["case"])
+        if ref and "expected_flops_per_img" in row:
+            e_flops = row["expected_flops_per_img"]
+            up_frac = ref["img_per_s"] * e_flops / (ref["peak_gflops"] * 1e9)
+            ours_expected = row["gflops_achieved"]["median"] * 1e9 / e_flops
+            item.update(
+                upstream=ref,
+                expected_gflop_per_img=e_flops / 1e9,
+                upstream_peak_fraction=up_frac,
+                speedup_normalised=frac / up_frac,
+                meets_speedup_target=frac / up_frac >= TARGET_SPEEDUP,
+                our_img_per_s_at_expected_flops=ours_expected,
+                our_img_per_s_at_expected_flops_scaled_to_upstream_peak=ours_expected * ref["peak_gflops"] / peak,
+                our_img_per_s_median_measured=row["img_per_s"]["median"],
+                our_img_per_s_median_measured_scaled=row["img_per_s"]["median"] * ref["peak_gflops"] / peak,
+            )
+        out.append(item)
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    peak = result["matmul_peak"]["peak_gflops"]
+    print(f"\nfloat32 {MATMUL_N}^2 matmul peak: {peak:.1f} GFLOP/s (start {result['matmul_peak']['start']['max_gflops']:.1f},"
+          f" end {result['matmul_peak']['end']['max_gflops']:.1f}); {result['machine']['threads']} threads, "
+          f"{result['machine']['cpu']}, torch {result['machine']['torch']}")
+    head = (f"{'case':<18}{'flavour':<8}{'variant':<15}{'batch':>5}  {'img/s med [min-max]':<24}"
+            f"{'GFLOP/img':>10}  {'GFLOP/s med [min-max]':<24}{'%peak':>6}{'vis':>6}{'RSS MB':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"]:
+        if r.get("error"):
+            print(f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15} ERROR {r['error']}")
+            continue
+        ips, gf = r["img_per_s"], r["gflops_achieved"]
+        vis = f"{r['visible_frac_mean']:.2f}" if "visible_frac_mean" in r else "-"
+        print(f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15}{r['batch']:>5}  "
+              + f"{ips['median']:.2f} [{ips['min']:.2f}-{ips['max']:.2f}]".ljust(24)
+              + f"{r['flops_per_img_mean'] / 1e9:>10.3f}  "
+              + f"{gf['median']:.1f} [{gf['min']:.1f}-{gf['max']:.1f}]".ljust(24)
+              + f"{100 * gf['median'] / peak:>5.1f}%{vis:>6}{r['peak_rss_mb']:>8.0f}")
+    if result["comparison"]:
+        print("\nNormalised cross-machine comparison (upstream measured elsewhere at a 240 GFLOP/s peak):")
+        for c in result["comparison"]:
+            line = f"  {c['case']:<14} ours {100 * c['peak_fraction']:.1f}% of peak (target {100 * TARGET_PEAK_FRACTION:.0f}%)"
+            if "upstream_peak_fraction" in c:
+                line += (f"; upstream {100 * c['upstream_peak_fraction']:.1f}% -> {c['speedup_normalised']:.2f}x "
+                         f"(target {TARGET_SPEEDUP}x); E[GFLOP/img] {c['expected_gflop_per_img']:.2f}; ours at E[FLOPs] "
+                         f"{c['our_img_per_s_at_expected_flops']:.2f} img/s here = "
+                         f"{c['our_img_per_s_at_expected_flops_scaled_to_upstream_peak']:.2f} img/s scaled to 240 "
+                         f"vs upstream {c['upstream']['img_per_s']}")
+            print(line)
+
+
+def profile_one(args: argparse.Namespace) -> None:
+    """Print the top operators (self CPU time) of a few training steps of one case."""
+    from torch.profiler import ProfilerActivity, profile
+
+    case = CASES[args.profile]
+    cfg = run_config(case, args.flavours.split(",")[0])
+    bench = TrainBench(cfg, args.flavours.split(",")[0], case.batch, "eager", seed=args.seed)
+    for i in range(2):
+        bench.step(i)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        for i in range(3):
+            bench.step(1000 + i)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="", help=f"comma list (default all): {', '.join(CASES)}")
+    p.add_argument("--flavours", default="model,full", help="'model' (MSE + KL) and/or 'full' (paper loss)")
+    p.add_argument("--full-all", action="store_true", help="the 'full' flavour also for the large cases")
+    p.add_argument("--variants", action="store_true", help=f"extra rows: {', '.join(v for v in VARIANTS if v != 'eager')}")
+    p.add_argument("--variants-all", action="store_true", help="variants also for the large cases")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--warmup", type=int, default=0, help="warm-up steps (0: per-case default, >= 2)")
+    p.add_argument("--repeats", type=int, default=0, help="timed repeats (0: per-case default, >= 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-seconds", type=float, default=3.0, help="matmul-peak loop, at start and at end")
+    p.add_argument("--case-peak-seconds", type=float, default=1.0, help="matmul loop inside each row's process")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up, 2 repeats, short peak loops")
+    p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)")
+    p.add_argument("--profile", default="", metavar="CASE", help="print a torch.profiler table of one case and exit")
+    p.add_argument("--profile-rows", type=int, default=25)
+    # internal: one row in this process
+    p.add_argument("--case", default="", help=argparse.SUPPRESS)
+    p.add_argument("--flavour", default="model", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.repeats = args.warmup or 1, args.repeats or 2
+        args.peak_seconds, args.case_peak_seconds = min(args.peak_seconds, 1.0), min(args.case_peak_seconds, 0.3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float32)
+    if args.case:
+        row = run_one(args)
+        print(JSON_MARK + json.dumps(row) if args.json else json.dumps(row, indent=2), flush=True)
+        return row
+    if args.profile:
+        profile_one(args)
+        return None
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    machine = machine_info(args.threads)
+    start = matmul_peak(args.peak_seconds)
+    print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+    rows = [run_child(job, args) for job in plan(args)]
+    end = matmul_peak(args.peak_seconds)
+    peak = max(start["max_gflops"], end["max_gflops"])
+    for row in rows:
+        if not row.get("error"):
+            row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
+    result = {
+        "command": command,
+        "machine": machine,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("case", "flavour", "variant", "json")},
+        "matmul_peak": {"start": start, "end": end, "peak_gflops": peak, "n": MATMUL_N},
+        "variants": VARIANTS,
+        "cases": {k: asdict(v) for k, v in CASES.items()},
+        "upstream_reference": UPSTREAM,
+        "rows": rows,
+        "comparison": compare(rows, peak),
+    }
+    print_table(result)
+    out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\n[bench] wrote {out}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The `detok` command line end to end: help, config errors, train / reconstruct / encode / convert, bad images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from detok.cli.main import main
+from detok.data import DataConfig, build_dataset
+from detok.data.latents import CacheMismatch, LatentCache
+from detok.engine.checkpoint import Checkpoint
+from detok.tokenizers.load import load_tokenizer
+
+TINY = ["train", "tokenizer", "--config", "tokenizer_tiny"]
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for verb in ("quickstart", "train", "encode", "reconstruct", "convert"):
+        assert verb in out
+
+
+def test_train_help_shows_paper_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "tokenizer", "--help"])
+    out = capsys.readouterr().out
+    for line in ("tokenizer.gamma = 3.0", "tokenizer.mask_ratio = 0.7", "loss.kl_weight = 1e-06",
+                 "train.global_batch_size = 1024", "disc_start_epoch = 100.0"):
+        assert line in out
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
+    assert main([*TINY, "--out", str(tmp_path), "tokenizer.gama=3"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.gama" in err and "gamma" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "tok"
+    assert main([*TINY, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_a_self_describing_run(tiny_run):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "reconstructions.png", "train_summary.json"):
+        assert (tiny_run / name).exists(), name
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["global_batch_size"] == 8 and summary["per_process_batch_size"] == 8
+    assert 0 < summary["reconstruction"]["psnr"] < 100 and -1 <= summary["reconstruction"]["ssim"] <= 1
+    tok = load_tokenizer(tiny_run)  # needs no CLI args: the checkpoint carries its config
+    assert tok.latent_shape == (16, 4, 4)
+    assert not torch.equal(tok.latent_std, torch.ones(16)), "latent statistics are computed and saved"
+    lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("psnr" in x for x in lines)
+
+
+def test_reconstruct_and_encode(tiny_run, tmp_path):
+    assert main(["reconstruct", str(tiny_run), "-n", "6", "--out", str(tmp_path / "rec")]) == 0
+    rec = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())
+    assert rec["n"] == 6 and rec["weights"] == "ema" and Path(rec["grid"]).exists()
+
+    cache = tmp_path / "cache"
+    assert main(["encode", str(tiny_run), "--out", str(cache), "--num-workers", "0", "--shard-size", "40", "--batch-size", "16"]) == 0
+    ds = LatentCache(cache)
+    assert len(ds) == 64 and len(ds.meta["shards"]) == 2
+    tok = load_tokenizer(tiny_run)
+    ds.check(tok)
+    item = ds[5]
+    source = build_dataset(DataConfig(name="shapes", image_size=32, shapes_size=64))
+    x = source[item["index"]]["image"][None]  # (1, 3, 32, 32)
+    torch.testing.assert_close(item["moments"], tok.encode_moments(x)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(item["moments_flip"], tok.encode_moments(x.flip(-1))[0], rtol=1e-4, atol=1e-5)
+
+    other = load_tokenizer(tiny_run, use_ema=False)  # raw weights: another latent space
+    with pytest.raises(CacheMismatch, match="detok encode"):
+        ds.check(other)
+    tok.set_stats(tok.latent_mean + 1, tok.latent_std)
+    with pytest.raises(CacheMismatch, match="statistics"):
+        ds.check(tok)
+
+
+def test_convert_upstream_checkpoint(upstream_fixture, tmp_path):
+    fx = upstream_fixture["detok_tiny"]
+    src = tmp_path / "upstream.pth"
+    torch.save(fx["checkpoint"], src)
+    (tmp_path / "stats.json").write_text(json.dumps({"mean": list(range(32)), "std": [2.0] * 32}))
+    out = tmp_path / "converted"
+    assert main(["convert", str(src), str(out), "--stats", str(tmp_path / "stats.json")]) == 0
+    tok = load_tokenizer(out)
+    assert tok.cfg.rope_layout == "upstream" and Checkpoint(out).kind == "tokenizer"
+    torch.testing.assert_close(tok.latent_mean, torch.arange(16.0))  # the first 16 channels: posterior means
+    with torch.no_grad():
+        torch.testing.assert_close(tok.decode(tok.encode(fx["input"])), fx["decoded"], rtol=0, atol=1e-5)
+
+
+def _image_folder(root: Path, bad: bool) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            arr = (torch.rand(40, 48, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    if bad:
+        (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root
+
+
+@pytest.mark.slow
+def test_bad_image_policy_through_the_cli(tmp_path, capsys):
+    data = _image_folder(tmp_path / "imgs", bad=True)
+    common = [*TINY, "data.name=imagefolder", f"data.root={data}", "train.max_steps=2"]
+    assert main([*common, "--out", str(tmp_path / "skip"), "data.bad_images=skip"]) == 0
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert any("broken.png" in p for p in summary["skipped_images"])
+    assert main([*common, "--out", str(tmp_path / "fail"), "data.bad_images=fail"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_writes_summary(tmp_path):
+    assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "stats_images=64"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    tok = summary["tokenizer"]
+    assert {"psnr", "ssim", "seconds"} <= set(tok) and tok["steps"] == 3
+    assert Path(tok["reconstructions"]).exists()
