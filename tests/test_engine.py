@@ -89,6 +89,7 @@ def _weights(run) -> dict[str, torch.Tensor]:
                                                                  load_file(str(path / "ema.safetensors")).items()}}
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
     full = train_tokenizer(_tiny_cfg(tmp_path, "full"), recon_images=0)
     assert full["steps"] == 4
@@ -179,3 +180,31 @@ def test_batch_smaller_than_dataset_is_a_clear_error(tmp_path):
 def test_epochs_and_max_steps(tmp_path):
     summary = _toy_trainer(tmp_path, _ToyTask(set()), epochs=1.5).fit(_Toy())
     assert summary["steps"] == math.ceil(1.5 * 4)
+
+
+def test_gan_joins_at_its_start_step():
+    from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
+    from detok.tokenizers import DeTok, detok_config
+
+    torch.manual_seed(0)
+    task = TokenizerTask(
+        DeTok(detok_config("detok_tiny")), TokenizerLoss(TokenizerLossConfig(perceptual_weight=0.0)), 3
+    )
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1}
+    g = torch.Generator().manual_seed(0)
+    before, _ = task.step(batch, 2, g)
+    after, logs = task.step(batch, 3, g)
+    assert list(before) == ["ae"] and list(after) == ["ae", "disc"]
+    assert "logits_real" in logs and torch.isfinite(after["disc"])
+
+
+@pytest.mark.slow
+def test_decoder_only_fine_tuning_freezes_the_encoder(tmp_path):
+    base = train_tokenizer(_tiny_cfg(tmp_path, "base"), recon_images=0)
+    ft = _tiny_cfg(tmp_path, "ft", decoder_only="true", init_from=base["run_dir"], **{"tokenizer.gamma": 0.0})
+    train_tokenizer(ft, recon_images=0)
+    a, b = _weights(tmp_path / "base"), _weights(tmp_path / "ft")
+    enc = [k for k in a if k.startswith("ema.model.encoder.")]
+    dec = [k for k in a if k.startswith("model.decoder.") and k.endswith("weight")]
+    assert enc and all(torch.equal(a[k], b[k]) for k in enc), "the encoder must not move"
+    assert any(not torch.equal(a[k], b[k]) for k in dec), "the decoder trains"
