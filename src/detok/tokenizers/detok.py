@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from detok.nn.rope import RopeLayout, rope_angles
+from detok.nn.rope import RopeLayout, rope_table
 from detok.nn.transformer import RMS_EPS, Block, init_vit_weights
 from detok.registry import register
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
@@ -84,18 +84,20 @@ class _ViT(nn.Module):
     def set_rope_layout(self, layout: RopeLayout) -> None:
         """(Re)build the RoPE tables; they are derived, so not saved in checkpoints."""
         width = self.positional_embedding.shape[-1]
-        theta = rope_angles(self.grid, width // self.heads, layout)  # (N, d)
-        self.register_buffer("rope_cos", theta.cos(), persistent=False)
-        self.register_buffer("rope_sin", theta.sin(), persistent=False)
+        # Derived, never saved, and kept out of buffers so that DDP broadcasts and dtype casts leave it alone.
+        self._rope_cpu = rope_table(self.grid, width // self.heads, layout)
+        self._rope_dev: dict[torch.device, torch.Tensor] = {}
 
     def run(self, x: torch.Tensor, keep_idx: torch.Tensor | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """Blocks over x (B, L, D) whose tokens sit at grid positions keep_idx (B, L) (None: all N, in order)."""
-        cos, sin = self.rope_cos, self.rope_sin  # (N, d)
+        rope = self._rope_dev.get(x.device)  # (N, .)
+        if rope is None:
+            rope = self._rope_dev[x.device] = self._rope_cpu.to(x.device)
         if keep_idx is not None:
-            cos, sin = cos[keep_idx][:, None], sin[keep_idx][:, None]  # (B, 1, L, d)
+            rope = rope[keep_idx][:, None]  # (B, 1, L, .)
         x = self.ln_pre(x)
         for blk in self.blocks:
-            x = blk(x, (cos, sin), attn_mask)
+            x = blk(x, rope, attn_mask)
         return self.ln_post(x)
 
 
