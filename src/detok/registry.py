@@ -34,6 +34,7 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
 
 def _ensure_loaded() -> None:
     # Importing the model packages fills the registry through their decorators.
+    import detok.generators  # noqa: F401
     import detok.tokenizers  # noqa: F401
 
 

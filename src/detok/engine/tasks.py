@@ -88,3 +88,78 @@ class TokenizerTask:
             losses["disc"] = d_loss
             logs.update(disc_loss=d_loss.detach(), logits_real=real.mean().detach(), logits_fake=fake.mean().detach())
         return losses, logs
+
+
+@dataclass
+class SampleConfig:
+    """Sampling settings used for the end-of-training grid (and as `detok sample` defaults)."""
+
+    cfg: float = 1.0
+    steps: str = field(default="", metadata={"help": "sampler steps; empty = the generator's paper default"})
+    per_class: int = 4
+    seed: int = 0
+
+
+@dataclass
+class GeneratorRunConfig:
+    """Everything `detok train generator` needs (upstream l-DeTok generator recipe by default)."""
+
+    model: str = field(default="sit_b", metadata={"help": "generator name in the registry"})
+    generator: dict[str, Any] = field(default_factory=dict, metadata={"help": "overrides of the generator config"})
+    tokenizer: str = field(default="", metadata={"help": "tokenizer run / checkpoint folder (EMA weights)"})
+    cache: str = field(default="", metadata={"help": "latent cache from `detok encode`; empty = encode on the fly"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=2e-4, weight_decay=0.0, warmup_epochs=0.0, grad_clip=0.0,
+                                            schedule="constant")
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(out_dir="runs/generator", global_batch_size=1024, epochs=400.0,
+                                            ema_decay=0.9999)
+    )
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+class GeneratorTask:
+    """Generator training on posterior samples of a frozen tokenizer's latents (online or cached)."""
+
+    ema_module = "model"
+
+    def __init__(self, generator: nn.Module, tokenizer: nn.Module, use_cache: bool, hflip: bool = True) -> None:
+        self.generator, self.tokenizer = generator, tokenizer.eval().requires_grad_(False)
+        self.use_cache, self.hflip = use_cache, hflip
+        self.forward_model: nn.Module = generator
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.generator}
+
+    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        return {"main": list(self.generator.named_parameters())}
+
+    def setup(self, info, wrap) -> None:
+        self.tokenizer.to(info.device)
+        self.forward_model = wrap(self.generator)
+
+    @torch.no_grad()
+    def latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """Normalised posterior samples (B, C, h, w): from cached moments (+ flips) or by encoding images."""
+        if self.use_cache:
+            moments = batch["moments"]  # (B, 2C, h, w)
+            if self.hflip:
+                flip = torch.rand(moments.shape[0], generator=generator, device=moments.device) < 0.5
+                moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
+            from detok.tokenizers.base import DiagonalGaussian
+
+            z = DiagonalGaussian(moments).sample(generator)
+        else:
+            x = batch["image"]
+            if self.hflip:
+                flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            z = self.tokenizer.encode(x, sample=True, generator=generator)
+        return self.tokenizer.normalize(z.float())
+
+    def step(self, batch: dict[str, Any], step: int, generator: torch.Generator):
+        z = self.latents(batch, generator)
+        out = self.forward_model(z, batch["label"], generator=generator)
+        return {"main": out["loss"]}, {k: v.detach() for k, v in out.items()}
