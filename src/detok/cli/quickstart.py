@@ -1,4 +1,4 @@
-"""`detok quickstart`: minutes on a laptop CPU: train a small l-DeTok on built-in data, reconstruct, summarise."""
+"""`detok quickstart`: minutes on a laptop CPU: a small l-DeTok on built-in data, then generators on its latents."""
 
 from __future__ import annotations
 
@@ -7,18 +7,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from detok.cli.common import print_summary, write_json
-from detok.cli.train import tokenizer_config, train_tokenizer
+from detok.cli.train import tokenizer_config, train_generator, train_tokenizer
+from detok.config import resolve
+from detok.data import build_dataset, collate
+from detok.data.latents import write_cache
 from detok.engine import dist
+from detok.engine.tasks import GeneratorRunConfig
+from detok.tokenizers.load import load_tokenizer
 
 PRESETS = {"shapes": "quickstart_shapes", "fashion-mnist": "quickstart_fashion"}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quickstart", help="train a small l-DeTok on built-in data in minutes (CPU)")
+    p = sub.add_parser("quickstart", help="train a small l-DeTok and generators on its latents, in minutes (CPU)")
     p.add_argument("--data", default="shapes", choices=sorted(PRESETS), help="built-in dataset")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--steps", type=int, default=0, help="tokenizer steps (default: the preset's)")
+    p.add_argument("--generator-steps", type=int, default=0, help="steps of each generator (default: the preset's)")
+    p.add_argument(
+        "--generators", default="sit,mar", help="comma-separated generators to train on the latents ('' = none)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides")
     p.set_defaults(func=main)
 
@@ -31,8 +42,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"train.max_steps={args.steps}")
     cfg = tokenizer_config(None, [PRESETS[args.data]], overrides)
     tok = train_tokenizer(cfg, recon_images=256)
-    dist.shutdown()
     rec = tok["reconstruction"]
+    generators = {}
+    names = [g for g in args.generators.split(",") if g]
+    if names:
+        cache = out / "latents"
+        tokenizer = load_tokenizer(tok["run_dir"])
+        write_cache(tokenizer, build_dataset(cfg.data, "train"), cache, torch.device("cpu"),
+                    source={"tokenizer": tok["run_dir"], "data": cfg.data.name, "split": "train"},
+                    batch_size=256, collate=collate)
+        for name in names:
+            g_over = [f"tokenizer={tok['run_dir']}", f"cache={cache}", f"train.out_dir={out / name}"]
+            if args.generator_steps:
+                g_over.append(f"train.max_steps={args.generator_steps}")
+            g_cfg = resolve(GeneratorRunConfig, [f"quickstart_{name}"], g_over)
+            res = train_generator(g_cfg)
+            generators[name] = {
+                "model": g_cfg.model, "seconds": res["seconds"], "steps": res["steps"],
+                "parameters_m": res["parameters_m"], "final_loss": res["final"].get("loss"),
+                "samples": res["samples"]["grid"], "cfg": g_cfg.sample.cfg, "run_dir": res["run_dir"],
+            }
+    dist.shutdown()
     grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
     summary = {
         "data": args.data,
@@ -49,6 +79,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "reconstructions": rec["grid"],
             "run_dir": tok["run_dir"],
         },
+        "generators": generators,
         "total_seconds": time.perf_counter() - t0,
     }
     write_json(out / "summary.json", summary)

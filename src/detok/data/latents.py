@@ -119,6 +119,7 @@ def write_cache(
         "latent_mean": tokenizer.latent_mean.tolist(),
         "latent_std": tokenizer.latent_std.tolist(),
         "latent_shape": list(tokenizer.latent_shape),
+        "num_classes": int(getattr(dataset, "num_classes", 0)),
         "source": source,
     }
     if rank == 0:
@@ -153,6 +154,10 @@ class LatentCache(Dataset):
 
     def __len__(self) -> int:
         return int(self.data["labels"].shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta.get("num_classes") or int(self.data["labels"].max()) + 1)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {

@@ -120,6 +120,17 @@ class GeneratorRunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+class _GeneratorLoss(nn.Module):
+    """`generator.loss` as a module forward, so DDP can wrap any generator whatever its own forward is."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+        return self.generator.loss(latents, labels, generator)
+
+
 class GeneratorTask:
     """Generator training on posterior samples of a frozen tokenizer's latents (online or cached)."""
 
@@ -128,7 +139,7 @@ class GeneratorTask:
     def __init__(self, generator: nn.Module, tokenizer: nn.Module, use_cache: bool, hflip: bool = True) -> None:
         self.generator, self.tokenizer = generator, tokenizer.eval().requires_grad_(False)
         self.use_cache, self.hflip = use_cache, hflip
-        self.forward_model: nn.Module = generator
+        self.forward_model: nn.Module = _GeneratorLoss(generator)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.generator}
@@ -138,7 +149,7 @@ class GeneratorTask:
 
     def setup(self, info, wrap) -> None:
         self.tokenizer.to(info.device)
-        self.forward_model = wrap(self.generator)
+        self.forward_model = wrap(_GeneratorLoss(self.generator))
 
     @torch.no_grad()
     def latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:

@@ -33,12 +33,6 @@ class Generator(nn.Module):
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
-    def forward(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """`loss`, as the module's forward so that DistributedDataParallel can wrap a generator."""
-        return self.loss(latents, labels, generator)
-
     def loss(
         self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
