@@ -12,7 +12,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: 1 thread avoids OpenMP oversubscription when jobs share the cores
 
 
 @pytest.fixture

@@ -1,0 +1,215 @@
+"""Per-token diffusion head ("Diffusion Loss") shared by MAR and RasterAR / RandomAR.
+
+MAR, "Autoregressive Image Generation without Vector Quantization" (arXiv 2406.11838): a small MLP
+with adaLN denoises one token at a time, conditioned on the backbone's output z for that token.
+The MLP's parameter names equal upstream `SimpleMLPAdaLN`'s, so released weights load by name.
+
+Axis letters: M tokens flattened over the batch, C token channels, W head width, Z condition width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from detok.processes.gaussian import GaussianDiffusion
+
+FREQ_DIM = 256  # sinusoidal timestep features fed to the time MLP (DiT / MAR)
+MAX_PERIOD = 10_000
+LN_EPS = 1e-6
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: int = MAX_PERIOD) -> torch.Tensor:
+    """Sinusoidal features (M, dim) of timesteps (M,), laid out [cos | sin] as DiT / MAR."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]  # (M, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (M, 2 * half)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def randn(
+    shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Standard normal noise of `like`'s dtype and device, drawn on the generator's device if given."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift."""
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Timestep (M,) -> (M, W): sinusoidal features then a SiLU MLP."""
+
+    def __init__(self, width: int, freq_dim: int = FREQ_DIM) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim))
+
+
+class ResBlock(nn.Module):
+    """x + gate * mlp(modulate(LN(x), shift, scale)), with (shift, scale, gate) from the condition y."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)  # 3 x (M, W)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm (no affine) then a linear map to the output channels."""
+
+    def __init__(self, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
+        self.linear = nn.Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)  # 2 x (M, W)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiffLossMLP(nn.Module):
+    """The denoiser f(x_t, t, z) -> [eps | v] (M, 2C): MAR's SimpleMLPAdaLN, same parameter names."""
+
+    def __init__(self, channels: int, cond_channels: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(cond_channels, width)
+        self.input_proj = nn.Linear(channels, width)
+        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.final_layer = FinalLayer(width, 2 * channels)  # eps and the learned-variance interpolant
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier Linear weights, N(0, 0.02) time MLP, zero adaLN and output layers (adaLN-Zero)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        zero = [b.adaLN_modulation[-1] for b in self.res_blocks]
+        zero += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        for m in zero:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x (M, C) noisy tokens, t (M,) timestep indices, c (M, Z) conditions -> (M, 2C)."""
+        y = self.time_embed(t) + self.cond_embed(c)  # (M, W)
+        h = self.input_proj(x)  # (M, W)
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)
+
+
+class DiffLoss(nn.Module):
+    """Per-token diffusion: cosine DDPM (1000 steps, learned sigma) for the loss, respaced for sampling."""
+
+    def __init__(
+        self,
+        channels: int,
+        cond_channels: int,
+        depth: int,
+        width: int,
+        num_sampling_steps: str = "100",
+        batch_mul: int = 4,
+        schedule: str = "cosine",
+        train_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.batch_mul = batch_mul  # each token's condition is reused for this many (t, noise) draws
+        self.num_sampling_steps = str(num_sampling_steps)
+        self.net = DiffLossMLP(channels, cond_channels, width, depth)
+        self.schedule, self.train_steps = schedule, train_steps
+        self._processes: dict[str, GaussianDiffusion] = {}  # built on first use (so meta-device builds work)
+
+    @property
+    def process(self) -> GaussianDiffusion:
+        """The training process: `train_steps` steps of the `schedule`, learned sigma."""
+        if "train" not in self._processes:
+            self._processes["train"] = GaussianDiffusion(self.schedule, self.train_steps, learn_sigma=True)
+        return self._processes["train"]
+
+    def sampler(self, steps: str | int | None = None) -> GaussianDiffusion:
+        """The process respaced to `steps` (default `num_sampling_steps`), built once per value."""
+        key = str(steps or self.num_sampling_steps)
+        if key not in self._processes:
+            self._processes[key] = self.process.respace(key)
+        return self._processes[key]
+
+    def loss(
+        self,
+        target: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Scalar eps-MSE + VB loss of tokens target (M, C) given z (M, Z), averaged where mask (M,) set."""
+        target = target.repeat(self.batch_mul, 1)  # (batch_mul * M, C)
+        z = z.repeat(self.batch_mul, 1)  # (batch_mul * M, Z)
+        # t ~ U{0..999} then noise, both from `generator` (drawn on its device)
+        terms = self.process.training_losses(lambda x_t, t: self.net(x_t, t, z), target, generator=generator)
+        loss = terms["loss"]  # (batch_mul * M,)
+        if mask is None:
+            return loss.mean()
+        mask = mask.to(loss.dtype).repeat(self.batch_mul)
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z: torch.Tensor,
+        z_uncond: torch.Tensor | None = None,
+        *,
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        steps: str | int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Tokens (M, C) for conditions z (M, Z); with z_uncond, eps = uncond + cfg * (cond - uncond).
+
+        As in MAR the guided variance output is the conditional half's, and the noise and the state are
+        shared by both halves, so only the conditional trajectory is run and returned.
+        """
+        m = z.shape[0]
+        noise = randn((m, self.channels), z, generator)
+        if m == 0:
+            return noise
+        if z_uncond is None:
+
+            def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.net(x, t, z)
+
+        else:
+            zz = torch.cat([z, z_uncond])  # (2M, Z)
+            c = self.channels
+
+            def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                out = self.net(torch.cat([x, x]), torch.cat([t, t]), zz)  # (2M, 2C)
+                cond, uncond = out.chunk(2)  # (M, 2C) each
+                eps = uncond[:, :c] + cfg * (cond[:, :c] - uncond[:, :c])
+                return torch.cat([eps, cond[:, c:]], dim=1)
+
+        return self.sampler(steps).p_sample_loop(
+            model_fn, noise, generator=generator, temperature=temperature
+        )
