@@ -131,3 +131,17 @@ def test_quickstart_writes_summary(tmp_path):
     tok = summary["tokenizer"]
     assert {"psnr", "ssim", "seconds"} <= set(tok) and tok["steps"] == 3
     assert Path(tok["reconstructions"]).exists()
+
+
+def test_convert_upstream_mar_then_load(upstream_fixture, tmp_path):
+    from detok.generators.load import load_generator
+
+    fx = upstream_fixture["mar_tiny"]
+    src = tmp_path / "mar.pth"
+    torch.save(fx["checkpoint"], src)
+    assert main(["convert", str(src), str(tmp_path / "mar")]) == 0
+    gen, cfg = load_generator(tmp_path / "mar")
+    assert cfg["latent_shape"] == [16, 4, 4] and cfg["num_classes"] == 10
+    with torch.no_grad():
+        out = gen(fx["tokens"], fx["mask"], fx["labels"])
+    torch.testing.assert_close(out, fx["decoder_output"], rtol=0, atol=1e-5)

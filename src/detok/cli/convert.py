@@ -60,12 +60,13 @@ def read_stats(path: str | Path, key: str = "", channels: int = 16) -> tuple[tor
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a released upstream l-DeTok checkpoint to a detok checkpoint")
-    p.add_argument("source", help="upstream checkpoint (.pth with 'model' / 'model_ema')")
+    p = sub.add_parser("convert", help="convert a released l-DeTok tokenizer or MAR checkpoint to detok's format")
+    p.add_argument("source", help="upstream checkpoint (.pth with 'model' / 'model_ema'): tokenizer or MAR")
     p.add_argument("out", help="detok run folder to write")
     p.add_argument("--raw", action="store_true", help="convert 'model' instead of 'model_ema'")
     p.add_argument("--stats", default="", help="latent statistics (.npz/.json/.pt, or upstream stats.pkl)")
     p.add_argument("--stats-key", default="", help="entry in the stats file, e.g. detok-BB-gamm3.0-m0.7")
+    p.add_argument("--tokenizer", default="", help="MAR only: the detok tokenizer run its latents come from")
     p.add_argument(
         "--rope-layout", default="upstream", choices=["upstream", "rotation"],
         help="released weights were trained with the upstream table layout; keep it to reproduce their outputs",
@@ -73,8 +74,38 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
+def convert_mar(args: argparse.Namespace, ckpt: dict) -> dict[str, Any]:
+    """An upstream MAR (l-DeTok release or LTH14/mar) -> a detok generator checkpoint."""
+    from detok.generators.upstream_mar import load_upstream_mar
+
+    model = load_upstream_mar(ckpt, use_ema=not args.raw)
+    cfg = to_dict(model.cfg)
+    latent_shape, num_classes = cfg.pop("latent_shape"), cfg.pop("num_classes")
+    name = {768: "mar_b", 1024: "mar_l", 1280: "mar_h"}.get(model.cfg.width, "mar_tiny")
+    config = {
+        "model": name, "generator": cfg, "latent_shape": latent_shape, "num_classes": num_classes,
+        "tokenizer": args.tokenizer, "converted_from": str(args.source), "sample": {"cfg": 1.0},
+    }
+    path = save_checkpoint(
+        args.out, 0, kind="generator", weights={"model": model.state_dict()},
+        ema={"model": {n: p for n, p in model.named_parameters()}}, config=config, keep=0,
+    )
+    summary = {
+        "source": str(args.source), "checkpoint": str(path), "kind": "generator", "model": name,
+        "weights": "raw" if args.raw else "ema", "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "tokenizer": args.tokenizer or "none: pass --tokenizer to `detok sample`",
+    }
+    print_summary("detok convert", summary)
+    return summary
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    model = load_upstream_tokenizer(args.source, use_ema=not args.raw)
+    from detok.generators.upstream_mar import load_checkpoint
+
+    ckpt = load_checkpoint(args.source)
+    if any(k.startswith("diffloss.") for k in ckpt.get("model", {})):
+        return convert_mar(args, ckpt)
+    model = load_upstream_tokenizer(ckpt, use_ema=not args.raw)
     if args.rope_layout != "upstream":
         model.set_rope_layout(args.rope_layout)
     if args.stats:

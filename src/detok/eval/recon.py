@@ -18,7 +18,9 @@ def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM per image (Gaussian window 11, sigma 1.5, data range 1) of two uint8 batches."""
-    from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: only when used
+    from torchmetrics.functional.image import (
+        structural_similarity_index_measure,  # slow import: only when used
+    )
 
     x, y = a.double() / 255, b.double() / 255
     kernel = min(11, x.shape[-1] - (1 - x.shape[-1] % 2))  # odd, no larger than the image
