@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,32 @@ def test_two_process_ddp_tokenizer_training(tmp_path):
     r0 = torch.load(run / "checkpoints" / "rank_rng" / "rank0.pt", weights_only=True)["rng"]["task"]
     r1 = torch.load(run / "checkpoints" / "rank_rng" / "rank1.pt", weights_only=True)["rng"]["task"]
     assert not torch.equal(r0, r1)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_two_process_generator_training_and_sampling(tmp_path):
+    """A generator trains under 2-process DDP, and sampling with 2 processes gives the 1-process images."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tok = tmp_path / "tok"
+    subprocess.run([sys.executable, "-m", "detok.cli.main", "train", "tokenizer", "--config", "tokenizer_tiny",
+                    "--out", str(tok)], check=True, capture_output=True, env=env, timeout=600)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    gen = tmp_path / "gen"
+    proc = subprocess.run(
+        [*launch, "--master-port", str(_free_port()), "-m", "detok.cli.main", "train", "generator",
+         "--model", "sit_tiny", "--tokenizer", str(tok), "--out", str(gen), "train.device=cpu", "train.max_steps=3",
+         "train.global_batch_size=8", "data.shapes_size=64", "data.num_workers=0", "sample.per_class=1",
+         "generator.sampler=euler", "generator.sample_steps=4"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((gen / "summary.json").read_text())["processes"] == 2
+    common = ["-m", "detok.cli.main", "sample", str(gen), "-n", "6", "--batch-size", "2", "--device", "cpu"]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "s1")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    two = subprocess.run([*launch, "--master-port", str(_free_port()), *common, "--out", str(tmp_path / "s2")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    a, b = np.load(tmp_path / "s1" / "samples.npz"), np.load(tmp_path / "s2" / "samples.npz")
+    assert np.array_equal(a["arr_1"], b["arr_1"]) and np.array_equal(a["arr_0"], b["arr_0"])
