@@ -1,0 +1,927 @@
+"""Generator benchmark: sampling and training throughput, and RasterAR sampling with vs without the KV cache.
+
+Method and results: docs/benchmarks.md ("Generators"). Every case runs in a fresh subprocess (this script
+re-invoked with --case ... --json) so peak RSS does not mix between cases; the float32 2048 x 2048 matmul
+peak is measured in the parent at the start and at the end of the run (and briefly inside each case).
+
+Throughput is in latents/s: generator sampling only, the tokenizer decode is NOT included.
+
+    python benchmarks/bench_generators.py                       # all cases -> docs/benchmarks/generators.json
+    python benchmarks/bench_generators.py --groups kv           # only the KV-cache cases
+    python benchmarks/bench_generators.py --quick --out /tmp/gen.json   # smoke test (tiny, few steps)
+
+Sections (``--groups``, comma list):
+  sample  sampling throughput, tiny and B size, 16x16x16 latents, 1000 classes, paper step counts
+  train   training throughput at B size, batch 4: forward + backward + AdamW step (+ EMA update)
+  kv      RasterAR at upstream's "small" setting (512 wide, 8 layers, 8 heads, DiffLoss d3 w1024, ~59M
+          parameters), batch 2, 256 tokens, 20 diffusion steps per token: (a) the transformer part alone
+          with the cache vs recomputing the prefix, (b) whole-image sampling with vs without the cache
+  kv_extra  (not default) kv_whole_cfg: the whole-image comparison with CFG 4.0
+
+Rows that do not run the whole sampler say so ("extrapolated from k of N steps"): the sampler is
+stopped after its k-th step (the model call / AR step that is counted raises), the time scaled by N / k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "benchmarks" / "generators.json"
+JSON_MARK = "BENCH_JSON "
+MATMUL_N = 2048
+LATENT = (16, 16, 16)
+NUM_CLASSES = 1000
+
+# Upstream l-DeTok's RasterAR sampling, measured by the issue author on a machine with a ~240 GFLOP/s float32
+# matmul peak ("small" size, 256 tokens, batch 2, 20 diffusion steps per token); reference, not measured here.
+UPSTREAM_AR = {
+    "what": "upstream ARDiff 'small' (~59M params with the diffusion head), 256 tokens, batch 2, "
+    "20 diffusion steps per token",
+    "seconds_per_batch_no_cache": 62.0,  # upstream generate(): recomputes the prefix every token
+    "seconds_per_batch_with_cache": 33.5,  # upstream's (unused) cache path
+    "peak_gflops": 240.0,
+}
+TARGET_BACKBONE_SPEEDUP = 5.0  # transformer part: cache vs recompute
+TARGET_WHOLE_SPEEDUP = 2.0  # whole-image RasterAR sampling vs upstream generate(), normalised
+WHOLE_RUN_LIMIT_S = 180.0  # longer whole-image runs are timed on the first k tokens and extrapolated
+SMALL_AR = {
+    "width": 512,
+    "depth": 8,
+    "heads": 8,
+    "diffloss_d": 3,
+    "diffloss_w": 1024,
+    "num_sampling_steps": "20",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark configuration (one fresh process)."""
+
+    kind: str  # "sample", "train", "kv_backbone", "kv_whole"
+    group: str  # "sample", "train", "kv"
+    model: str  # registry name
+    batch: int
+    warmup: int
+    repeats: int
+    cfg: float = 1.0
+    steps: str | None = None  # sampler steps (None: the generator's paper default)
+    stop_after: int = 0  # time the first k steps only and extrapolate (0: whole sampler)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    help: str = ""
+
+
+def _s(model: str, batch: int, warmup: int, repeats: int, stop: int = 0, **kw) -> Case:
+    return Case("sample", "sample", model, batch, warmup, repeats, stop_after=stop, **kw)
+
+
+def _t(model: str) -> Case:
+    return Case("train", "train", model, 4, 1, 3, help="batch 4: forward + backward + AdamW (+ EMA)")
+
+
+CASES: dict[str, Case] = {
+    # -- sampling, tiny (overhead-bound: per-call Python / kernel launch cost dominates) --------------------
+    "sample_dit_tiny": _s("dit_tiny", 8, 1, 5, help="DDPM, 100 respaced steps (learned sigma)"),
+    "sample_sit_tiny": _s("sit_tiny", 8, 1, 5, help="dopri5 (atol 1e-6, rtol 1e-3), 250 output points"),
+    "sample_lightningdit_tiny": _s(
+        "lightningdit_tiny", 16, 2, 5, help="Euler, 100 points (99 steps), shift 0.3"
+    ),
+    "sample_mar_tiny": _s("mar_tiny", 8, 1, 5, 16, help="64 AR iterations (paper eval 256), 100 head steps"),
+    "sample_mar_tiny_256": _s("mar_tiny", 8, 1, 5, 32, steps="256", help="256 AR iterations (paper eval)"),
+    "sample_rasterar_tiny": _s("rasterar_tiny", 8, 1, 5, 16, help="256 tokens, 100 head steps, KV cache"),
+    "sample_randomar_tiny": _s("randomar_tiny", 8, 1, 5, 16, help="256 tokens, 100 head steps, KV cache"),
+    # -- sampling, B size, batch 1 ------------------------------------------------------------------------------
+    "sample_dit_b": _s("dit_b", 1, 1, 5, 2, help="DDPM, 100 respaced steps"),
+    "sample_dit_b_cfg4": _s("dit_b", 1, 1, 5, 2, cfg=4.0, help="DDPM, 100 respaced steps, CFG 4.0"),
+    "sample_sit_b": _s("sit_b", 1, 1, 5, 2, help="dopri5, 250 output points; NFE counted"),
+    "sample_lightningdit_b": _s("lightningdit_b", 1, 1, 5, 2, help="Euler, 100 points (99 steps)"),
+    "sample_mar_b": _s("mar_b", 1, 1, 3, 2, help="64 AR iterations (paper eval 256), 100 head steps"),
+    "sample_rasterar_b": _s("rasterar_b", 1, 1, 5, 4, help="256 tokens, 100 head steps, KV cache"),
+    "sample_randomar_b": _s("randomar_b", 1, 1, 5, 4, help="256 tokens, 100 head steps, KV cache"),
+    # -- training, B size, batch 4 ------------------------------------------------------------------------------
+    "train_dit_b": _t("dit_b"),
+    "train_sit_b": _t("sit_b"),
+    "train_lightningdit_b": _t("lightningdit_b"),
+    "train_mar_b": _t("mar_b"),
+    "train_rasterar_b": _t("rasterar_b"),
+    "train_randomar_b": _t("randomar_b"),
+    # -- training, tiny: smoke test only (--quick), not in any default group --------------------------------
+    "train_dit_tiny": Case("train", "smoke", "dit_tiny", 4, 1, 1, help="smoke"),
+    "train_mar_tiny": Case("train", "smoke", "mar_tiny", 4, 1, 1, help="smoke"),
+    "train_rasterar_tiny": Case("train", "smoke", "rasterar_tiny", 4, 1, 1, help="smoke"),
+    # -- KV cache, upstream's small RasterAR, batch 2, 20 diffusion steps per token ---------------------------
+    "kv_backbone": Case(
+        "kv_backbone",
+        "kv",
+        "rasterar_b",
+        2,
+        1,
+        5,
+        overrides=SMALL_AR,
+        help="transformer part only (the head returns zeros): cache vs recomputing the prefix",
+    ),  # fmt: skip
+    "kv_whole": Case(
+        "kv_whole",
+        "kv",
+        "rasterar_b",
+        2,
+        1,
+        3,
+        overrides=SMALL_AR,
+        help="whole-image sampling, 20 diffusion steps per token: cache vs no cache",
+    ),  # fmt: skip
+    "kv_whole_cfg": Case(
+        "kv_whole",
+        "kv_extra",
+        "rasterar_b",
+        2,
+        1,
+        3,
+        cfg=4.0,
+        overrides=SMALL_AR,
+        help="as kv_whole with CFG 4.0 (doubled backbone batch and head batch); not run by default",
+    ),  # fmt: skip
+}
+QUICK_CASES = ["sample_dit_tiny", "sample_sit_tiny", "sample_mar_tiny", "sample_rasterar_tiny", "train_dit_tiny",
+               "train_mar_tiny", "train_rasterar_tiny", "kv_backbone", "kv_whole"]  # fmt: skip
+ORDER = ["kv", "sample", "train"]  # the headline comparison first
+
+
+# -- FLOP counting (as bench_tokenizer.py) ---------------------------------------------------------------
+def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    b, h, lq, d = q_shape
+    return 2 * b * h * lq * k_shape[2] * (d + v_shape[3])
+
+
+def _sdpa_backward_flops(g_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _sdpa_forward_flops(q_shape, k_shape, v_shape)
+
+
+def counter() -> FlopCounterMode:
+    """FlopCounterMode with a formula for the CPU flash-attention kernels (otherwise counted as 0)."""
+    aten = torch.ops.aten
+    mapping = {}
+    for name, fn in [
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_forward_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
+    ]:
+        if hasattr(aten, name):
+            mapping[getattr(aten, name)] = fn
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+# -- the machine -------------------------------------------------------------------------------------------
+def matmul_peak(seconds: float, n: int = MATMUL_N) -> dict[str, float]:
+    """float32 n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    rates: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 3:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": len(rates)}
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+        "cores_online": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "dtype": "float32",
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": commit,
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# -- instrumentation -----------------------------------------------------------------------------------
+class Stop(Exception):
+    """Raised by a Probe after its k-th call: the sampler is cut there."""
+
+
+class Probe:
+    """Replaces `owner.<attr>` (an instance attribute shadowing the method; src/ is untouched).
+
+    Counts calls, times each call, records when each call ended (relative to `reset`), optionally replaces
+    the call by `fake`, and raises Stop after `stop_after` calls (0: never).
+    """
+
+    def __init__(self, owner: Any, attr: str, fake: Callable | None = None) -> None:
+        self.owner, self.attr = owner, attr
+        self.real = getattr(owner, attr)
+        self.fake = fake
+        self.stop_after = 0
+        self.reset()
+        setattr(owner, attr, self)
+
+    def reset(self, stop_after: int | None = None) -> None:
+        self.calls, self.inside, self.ends = 0, 0.0, []
+        self.t0 = time.perf_counter()
+        if stop_after is not None:
+            self.stop_after = stop_after
+
+    def __call__(self, *args, **kwargs):
+        ta = time.perf_counter()
+        out = (self.fake or self.real)(*args, **kwargs)
+        tb = time.perf_counter()
+        self.calls += 1
+        self.inside += tb - ta
+        self.ends.append(tb - self.t0)
+        if self.stop_after and self.calls >= self.stop_after:
+            raise Stop
+        return out
+
+
+def build(case: Case, **extra: Any):
+    from detok.generators.load import build_generator
+
+    return build_generator(case.model, LATENT, NUM_CLASSES, {**case.overrides, **extra})
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def labels_for(batch: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, NUM_CLASSES, (batch,), generator=torch.Generator().manual_seed(seed))
+
+
+def family(model: str) -> str:
+    return model.rsplit("_", 1)[0]  # dit / sit / lightningdit / mar / rasterar / randomar
+
+
+def total_steps(gen, case: Case) -> tuple[int, str]:
+    """(N, unit) of the sampler run by `case`: model calls for the DiT family, AR steps for MAR / AR."""
+    fam = family(case.model)
+    if fam == "dit":
+        return len(gen.respaced(str(case.steps or gen.cfg.sample_steps)).timestep_map), "DDPM steps (NFE)"
+    if fam == "lightningdit":
+        return int(case.steps or gen.cfg.sample_steps) - 1, "Euler steps (NFE)"
+    if fam == "sit":
+        return -1, "dopri5 NFE (counted)"
+    if fam == "mar":
+        return int(case.steps or gen.cfg.num_iter), "AR iterations"
+    return gen.seq_len, "tokens (AR steps)"
+
+
+# -- sampling ------------------------------------------------------------------------------------------
+def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Whole sampler (or its first k steps, extrapolated), warm-up first (the first one FLOP-counted)."""
+    torch.manual_seed(args.seed)
+    gen = build(case).eval()
+    fam = family(case.model)
+    labels = labels_for(case.batch, args.seed)
+    n_total, unit = total_steps(gen, case)
+    stepper = (
+        Probe(gen.net, "forward") if fam in ("dit", "sit", "lightningdit") else Probe(gen.diffloss, "sample")
+    )
+    head = stepper if fam in ("mar", "rasterar", "randomar") else None
+    nfe_note = ""
+    if fam == "sit":
+        # dopri5 is adaptive: count its model calls. This untrained SiT outputs exactly v = 0 (zero-init output
+        # layer), so a zero model gives the solver the identical trajectory: count on it (no compute).
+        with torch.no_grad():
+            x = torch.randn(1, *LATENT)
+            zero_out = bool(stepper.real(x, torch.rand(1), labels[:1]).abs().max() == 0)
+        stepper.fake = lambda x, t, y: torch.zeros_like(x)
+        stepper.reset(0)
+        gen.sample(case.batch, labels, cfg=case.cfg, generator=torch.Generator().manual_seed(args.seed))
+        n_total = stepper.calls
+        stepper.fake = None
+        nfe_note = (f"NFE counted on this untrained model (output exactly 0: {zero_out}); a trained SiT's "
+                    "velocity field needs more dopri5 steps")  # fmt: skip
+    k = case.stop_after if 0 < case.stop_after < n_total else 0
+    if args.quick and not k:
+        k = min(n_total, 4)  # smoke test: never run a whole sampler
+        k = 0 if k >= n_total else k
+    kwargs: dict[str, Any] = {}
+    if case.steps is not None:
+        kwargs["steps"] = case.steps
+
+    def once(seed: int) -> tuple[float, float]:
+        stepper.reset(k)
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        try:
+            gen.sample(case.batch, labels, cfg=case.cfg, generator=g, **kwargs)
+        except Stop:
+            pass
+        return time.perf_counter() - t0, stepper.inside
+
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    steps_run = k or n_total
+    # FLOPs: FlopCounterMode's per-op Python cost would dominate an overhead-bound sampler, so count the first
+    # c steps in a run of their own and scale to the timed steps (exact for a uniform per-step cost).
+    c_steps = min(2, steps_run)
+    k_timed = k
+    k = c_steps if c_steps < n_total else 0
+    with counter() as fc:
+        once(args.seed)
+    k = k_timed
+    flops_run = int(fc.get_total_flops()) / c_steps * steps_run
+    for i in range(warmup):
+        once(args.seed + 1 + i)
+    times, heads = [], []
+    for i in range(repeats):
+        t, h = once(args.seed + 100 + i)
+        times.append(t)
+        heads.append(h)
+    scale = n_total / steps_run
+    per_batch = [t * scale for t in times]
+    row = {
+        "case": name,
+        "kind": "sample",
+        "model": case.model,
+        "config": case.help,
+        "params": n_params(gen),
+        "batch": case.batch,
+        "cfg": case.cfg,
+        "steps_arg": case.steps,
+        "total_steps": n_total,
+        "step_unit": unit,
+        "steps_timed": steps_run,
+        "extrapolated": bool(k),
+        "label": f"extrapolated from {k} of {n_total} steps" if k else "whole sampler",
+        "nfe_note": nfe_note,
+        "warmup": warmup,
+        "repeats": repeats,
+        "seconds_timed": times,
+        "seconds_per_batch": _summary(per_batch),
+        "seconds_per_step": _summary([t / steps_run for t in times]),
+        "latents_per_s": _summary([case.batch / t for t in per_batch]),
+        "flops_per_latent": flops_run * scale / case.batch,
+        "flops_note": f"counted on the first {c_steps} steps, scaled to {n_total}",
+        "gflops_achieved": _summary([flops_run / t / 1e9 for t in times]),
+    }
+    if head is not None:
+        row["head_fraction"] = _summary([h / t for h, t in zip(heads, times)])
+    return row
+
+
+# -- training ------------------------------------------------------------------------------------------
+def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """`gen.loss` forward, backward, AdamW (generator recipe: lr 2e-4, betas 0.9/0.95, no wd, no clip), EMA."""
+    from detok.engine.ema import EMA
+
+    torch.manual_seed(args.seed)
+    gen = build(case).train()
+    opt = torch.optim.AdamW(gen.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+    ema = EMA(gen, 0.9999)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    latents = torch.randn(case.batch, *LATENT, generator=g)
+    labels = labels_for(case.batch, args.seed)
+    rng = torch.Generator()
+
+    def step(seed: int) -> dict[str, float]:
+        rng.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = gen.loss(latents, labels, rng)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        ema.update(gen)
+        t4 = time.perf_counter()
+        if not torch.isfinite(out["loss"].detach()):
+            raise FloatingPointError(f"non-finite loss in {name}")
+        mr = float(out["mask_ratio"]) if "mask_ratio" in out else None
+        return {"total": t4 - t0, "forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "ema": t4 - t3,
+                "mask_ratio": mr}  # fmt: skip
+
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    with counter() as fc:
+        first = step(args.seed)  # warm-up 1, FLOP-counted (forward + backward; AdamW / EMA count 0)
+    flops = int(fc.get_total_flops())
+    for i in range(1, warmup):
+        step(args.seed + i)
+    phases = [step(args.seed + 100 + i) for i in range(repeats)]
+    times = [p["total"] for p in phases]
+    row = {
+        "case": name,
+        "kind": "train",
+        "model": case.model,
+        "config": case.help,
+        "params": n_params(gen),
+        "batch": case.batch,
+        "warmup": warmup,
+        "repeats": repeats,
+        "step_seconds": times,
+        "latents_per_s": _summary([case.batch / t for t in times]),
+        "flops_per_step_counted": flops,
+        "flops_per_latent": flops / case.batch,
+        "gflops_achieved": _summary([flops / t / 1e9 for t in times]),
+        "phase_seconds_median": {
+            k: statistics.median(p[k] for p in phases) for k in ("forward", "backward", "optimizer", "ema")
+        },  # fmt: skip
+    }
+    if first["mask_ratio"] is not None:
+        row["mask_ratio_counted_step"] = first["mask_ratio"]
+        row["mask_ratio_timed_steps"] = [p["mask_ratio"] for p in phases]
+        row["flops_note"] = "MAR's FLOPs depend on the drawn mask ratio: counted on the warm-up step only"
+    return row
+
+
+# -- KV cache ------------------------------------------------------------------------------------------
+def small_ar(case: Case, args: argparse.Namespace):
+    torch.manual_seed(args.seed)
+    gen = build(case).eval()
+    info = {
+        "params": n_params(gen),
+        "params_head": n_params(gen.diffloss),
+        "params_backbone": n_params(gen) - n_params(gen.diffloss),
+        "arch": dict(SMALL_AR),
+    }
+    return gen, info
+
+
+def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """The transformer part of RasterAR sampling: cached loop vs recomputing the prefix every token.
+
+    The head is replaced by zeros, so `sample` runs only the backbone, z_proj and the embeddings per token.
+    With the cache: the whole 256-token loop, timed. Without: the per-token cost grows with the prefix, so
+    (1) the real no-cache loop is timed on its first k tokens (directly), and (2) the whole 256-token cost is
+    integrated from `transformer` timed at several prefix lengths n (what the no-cache loop calls at token n),
+    linearly interpolated over n = 1..256; FLOPs of every prefix length from an exact quadratic fit of counted
+    FLOPs. (1) checks (2) on the first k tokens.
+    """
+    gen, info = small_ar(case, args)
+    c = gen.token_dim
+    head = Probe(gen.diffloss, "sample", fake=lambda z, z_uncond=None, **kw: torch.zeros(z.shape[0], c))
+    labels = labels_for(case.batch, args.seed)
+    n_tok = gen.seq_len
+    k_direct = 8 if args.quick else 48
+
+    def loop(cache: bool, stop: int = 0) -> tuple[float, list[float]]:
+        head.reset(stop)
+        t0 = time.perf_counter()
+        try:
+            gen.sample(
+                case.batch, labels, cfg=1.0, generator=torch.Generator().manual_seed(0), use_kv_cache=cache
+            )
+        except Stop:
+            pass
+        return time.perf_counter() - t0, list(head.ends)
+
+    lengths = [1, 8, 32, 64, 128, 192, 256] if not args.quick else [1, 64, 256]
+    d = gen.cfg.width
+
+    def prefix(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(n)
+        return torch.randn(case.batch, n, d, generator=g), gen.conditions(labels, n)
+
+    def prefix_call(n: int, x: torch.Tensor, cond: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        gen.transformer(x, cond)[:, -1]
+        return time.perf_counter() - t0
+
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    with torch.no_grad():
+        # FLOPs: the cached loop (whole), the prefix calls (exact quadratic in n, checked on a 4th length)
+        with counter() as fc:
+            loop(True, 16 if args.quick else 0)
+        flops_cached = int(fc.get_total_flops())
+        pflops = {}
+        for n in sorted({1, 64, 128, 256} | set(lengths)):
+            x, cond = prefix(n)
+            with counter() as fc:
+                gen.transformer(x, cond)[:, -1]
+            pflops[n] = int(fc.get_total_flops())
+        fit_pts = [1, 128, 256]
+        coef = np.polyfit(np.array(fit_pts, float), np.array([pflops[n] for n in fit_pts], float), 2)
+        fit_err = abs(np.polyval(coef, 64) - pflops[64]) / pflops[64]
+        flops_recompute = float(sum(np.polyval(coef, n) for n in range(1, n_tok + 1)))
+        inputs = {n: prefix(n) for n in lengths}
+        for _ in range(warmup):
+            loop(True, 16 if args.quick else 0)
+            loop(False, k_direct)
+            for n in lengths:
+                prefix_call(n, *inputs[n])
+        cached, direct, direct_ends, sweeps = [], [], [], {n: [] for n in lengths}
+        for _ in range(repeats):  # interleaved
+            t, cached_ends = loop(True, 16 if args.quick else 0)
+            cached.append(t)
+            t, ends = loop(False, k_direct)
+            direct.append(t)
+            direct_ends.append(ends)
+            for n in lengths:
+                sweeps[n].append(prefix_call(n, *inputs[n]))
+    med = {n: statistics.median(v) for n, v in sweeps.items()}
+    xs = np.array(lengths, float)
+
+    def integrate(times_by_n: dict[int, float], upto: int) -> float:
+        ys = np.array([times_by_n[n] for n in lengths])
+        return float(np.interp(np.arange(1, upto + 1, dtype=float), xs, ys).sum())
+
+    if args.quick:  # smoke only: the cached loop ran 16 tokens
+        cached = [t * n_tok / 16 for t in cached]
+        flops_cached = flops_cached * n_tok // 16
+    recompute_runs = [integrate({n: sweeps[n][i] for n in lengths}, n_tok) for i in range(repeats)]
+    recompute_first_k_model = integrate(med, k_direct)
+    speedups = [r / c for r, c in zip(recompute_runs, cached)]
+    return {
+        "case": name,
+        "kind": "kv_backbone",
+        "model": "rasterar (upstream 'small': width 512, 8 layers, 8 heads, DiffLoss d3 w1024)",
+        "config": case.help,
+        **info,
+        "batch": case.batch,
+        "tokens": n_tok,
+        "warmup": warmup,
+        "repeats": repeats,
+        "cached_seconds": _summary(cached),
+        "cached_runs": cached,
+        "recompute_seconds_integrated": _summary(recompute_runs),
+        "recompute_runs_integrated": recompute_runs,
+        "recompute_label": f"integrated from transformer calls timed at prefix lengths {lengths}",
+        "prefix_seconds_median": med,
+        "prefix_flops": pflops,
+        "prefix_flops_quadratic_fit_error_at_64": fit_err,
+        "direct_first_k": k_direct,
+        "recompute_first_k_direct_seconds": _summary(direct),
+        "recompute_first_k_from_model_seconds": recompute_first_k_model,
+        "cached_token_seconds_first_last_32": [
+            cached_ends[31] / 32 if len(cached_ends) >= 32 else None,
+            (cached_ends[-1] - cached_ends[-33]) / 32 if len(cached_ends) >= 64 else None,
+        ],
+        "flops_cached": flops_cached,
+        "flops_recompute": flops_recompute,
+        "gflops_cached": flops_cached / statistics.median(cached) / 1e9,
+        "gflops_recompute": flops_recompute / statistics.median(recompute_runs) / 1e9,
+        "speedup": _summary(speedups),
+        "meets_target": statistics.median(speedups) >= TARGET_BACKBONE_SPEEDUP,
+    }
+
+
+def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Whole-image RasterAR sampling, 20 diffusion steps per token, cache vs no cache (real head).
+
+    Warm-up: both variants on their first 8 tokens. Then, interleaved, `repeats` cached runs and
+    `--kv-nocache-repeats` no-cache runs of the whole image (or, if the no-cache run is predicted to take more
+    than WHOLE_RUN_LIMIT_S, both on their first k tokens, extrapolated: labelled). The head's share of each run
+    is measured by timing `diffloss.sample` inside it.
+    """
+    gen, info = small_ar(case, args)
+    head = Probe(gen.diffloss, "sample")
+    labels = labels_for(case.batch, args.seed)
+    n_tok = gen.seq_len
+    steps = "2" if args.quick else None  # quick: 2 head steps per token (smoke only)
+
+    def run(cache: bool, stop: int = 0, seed: int = 0) -> dict[str, Any]:
+        head.reset(stop)
+        kw = {"steps": steps} if steps else {}
+        t0 = time.perf_counter()
+        try:
+            gen.sample(case.batch, labels, cfg=case.cfg, generator=torch.Generator().manual_seed(seed),
+                       use_kv_cache=cache, **kw)  # fmt: skip
+        except Stop:
+            pass
+        return {"seconds": time.perf_counter() - t0, "head_seconds": head.inside, "tokens": head.calls}
+
+    warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
+    nc_repeats = args.kv_nocache_repeats
+    with torch.no_grad():
+        w_c = [run(True, 8) for _ in range(warmup)][-1]
+        w_n = [run(False, 8) for _ in range(warmup)][-1]
+        # predict the no-cache whole run: head per token (from the cached warm-up) + the prefix recompute,
+        # sum over n of T(n) ~ 256 / 2 * T(256) (T linear in n), T(256) timed once
+        x = torch.randn(case.batch, n_tok, gen.cfg.width)
+        cond = gen.conditions(labels, n_tok)
+        gen.transformer(x, cond)
+        t0 = time.perf_counter()
+        gen.transformer(x, cond)
+        t256 = time.perf_counter() - t0
+        predicted = w_c["head_seconds"] / w_c["tokens"] * n_tok + (n_tok + 1) / 2 * t256
+        k = 16 if args.quick else (0 if predicted <= WHOLE_RUN_LIMIT_S else 64)
+        order = ["c", "n"] * min(repeats, nc_repeats) + ["c"] * max(0, repeats - nc_repeats)
+        order += ["n"] * max(0, nc_repeats - repeats)
+        runs = {"c": [], "n": []}
+        for i, v in enumerate(order):
+            runs[v].append(run(v == "c", k, seed=args.seed + 100 + i))
+    scale = n_tok / k if k else 1.0
+
+    def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "seconds_per_batch": _summary([r["seconds"] * scale for r in rs]),
+            "seconds_timed": [r["seconds"] for r in rs],
+            "head_seconds": [r["head_seconds"] for r in rs],
+            "backbone_and_rest_seconds": _summary([(r["seconds"] - r["head_seconds"]) * scale for r in rs]),
+            "runs": len(rs),
+        }
+
+    c_med = statistics.median(r["seconds"] for r in runs["c"]) * scale
+    n_med = statistics.median(r["seconds"] for r in runs["n"]) * scale if runs["n"] else None
+    return {
+        "case": name,
+        "kind": "kv_whole",
+        "model": "rasterar (upstream 'small': width 512, 8 layers, 8 heads, DiffLoss d3 w1024)",
+        "config": case.help,
+        **info,
+        "batch": case.batch,
+        "tokens": n_tok,
+        "diffusion_steps_per_token": int(steps or gen.cfg.num_sampling_steps),
+        "cfg": case.cfg,
+        "warmup": f"{warmup} x first 8 tokens, each variant",
+        "warmup_runs": {"cached": w_c, "no_cache": w_n},
+        "predicted_no_cache_seconds": predicted,
+        "label": f"extrapolated from the first {k} of {n_tok} tokens" if k else "whole image",
+        "cached": stats(runs["c"]),
+        "no_cache": stats(runs["n"]) if runs["n"] else None,
+        "cache_speedup": (n_med / c_med) if n_med else None,
+        "note_no_cache": "the first-k extrapolation underestimates the no-cache run (its per-token cost grows)"
+        if k
+        else "",
+    }
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    case = CASES[args.case]
+    rss_start = rss_mb()
+    before = matmul_peak(args.case_peak_seconds)
+    t0 = time.perf_counter()
+    fn = {"sample": run_sample_case, "train": run_train_case, "kv_backbone": run_kv_backbone,
+          "kv_whole": run_kv_whole}[case.kind]  # fmt: skip
+    row = fn(args.case, case, args)
+    row["wall_seconds"] = time.perf_counter() - t0
+    row["peak_rss_mb"] = rss_mb()
+    row["rss_at_start_mb"] = rss_start
+    after = matmul_peak(args.case_peak_seconds)
+    row["case_matmul_gflops"] = max(before["max_gflops"], after["max_gflops"])
+    row["threads"] = torch.get_num_threads()
+    return row
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+def plan(args: argparse.Namespace) -> list[str]:
+    if args.cases:
+        return args.cases.split(",")
+    if args.quick:
+        return QUICK_CASES
+    groups = args.groups.split(",")
+    return [n for g in ORDER if g in groups for n, c in CASES.items() if c.group == g]
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--case", name, "--json", "--threads", str(args.threads),
+           "--seed", str(args.seed), "--case-peak-seconds", str(args.case_peak_seconds),
+           "--kv-nocache-repeats", str(args.kv_nocache_repeats)]  # fmt: skip
+    if args.warmup:
+        cmd += ["--warmup", str(args.warmup)]
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
+    if args.quick:
+        cmd += ["--quick"]
+    t0 = time.perf_counter()
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
+    print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if proc.returncode or not lines:
+        return {"case": name, "kind": CASES[name].kind, "error": f"exit {proc.returncode}"}
+    return json.loads(lines[-1][len(JSON_MARK) :])
+
+
+def compare_kv(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    """The issue's two targets; (b) is a normalised cross-machine comparison (upstream ran elsewhere)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        if r["kind"] == "kv_backbone":
+            out["backbone"] = {
+                "speedup_median": r["speedup"]["median"],
+                "target": TARGET_BACKBONE_SPEEDUP,
+                "meets_target": r["meets_target"],
+            }
+        if r["kind"] == "kv_whole" and r["cfg"] == 1.0:
+            ref = UPSTREAM_AR
+            scale = peak / ref["peak_gflops"]  # our seconds -> seconds on a machine of upstream's peak
+            c = r["cached"]["seconds_per_batch"]["median"]
+            item = {
+                "our_cached_seconds": c,
+                "our_cached_seconds_scaled_to_upstream_peak": c * scale,
+                "upstream_no_cache_seconds": ref["seconds_per_batch_no_cache"],
+                "upstream_with_cache_seconds": ref["seconds_per_batch_with_cache"],
+                "speedup_vs_upstream_generate_normalised": ref["seconds_per_batch_no_cache"] / (c * scale),
+                "speedup_vs_upstream_cache_normalised": ref["seconds_per_batch_with_cache"] / (c * scale),
+                "target": TARGET_WHOLE_SPEEDUP,
+                "label": r["label"],
+            }
+            item["meets_target"] = item["speedup_vs_upstream_generate_normalised"] >= TARGET_WHOLE_SPEEDUP
+            if r["no_cache"]:
+                nc = r["no_cache"]["seconds_per_batch"]["median"]
+                item["our_no_cache_seconds"] = nc
+                item["our_no_cache_seconds_scaled_to_upstream_peak"] = nc * scale
+                item["no_cache_vs_upstream_generate_normalised"] = ref["seconds_per_batch_no_cache"] / (
+                    nc * scale
+                )
+            out["whole"] = item
+    return out
+
+
+def _range(st: dict[str, float], fmt: str) -> str:
+    return f"{st['median']:{fmt}} [{st['min']:{fmt}}-{st['max']:{fmt}}]"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    mp, machine = result["matmul_peak"], result["machine"]
+    peak = mp["peak_gflops"]
+    print(
+        f"\nfloat32 {MATMUL_N}^2 matmul peak {peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, end "
+        f"{mp['end']['max_gflops']:.1f}); {machine['threads']} threads, {machine['cpu']}, torch {machine['torch']}"
+    )
+    print("latents/s: generator sampling only, tokenizer decode NOT included; 16x16x16 latents, 1000 classes")
+    rows = result["rows"]
+    samp = [r for r in rows if r.get("kind") == "sample"]
+    if samp:
+        head = (
+            f"{'case':<26}{'params':>8}{'b':>3}{'cfg':>4}  {'steps':<26}{'s/step med':>11}  "
+            f"{'s/batch med [min-max]':<26}{'latents/s':>10}{'GFLOP/s':>8}{'%pk':>5}{'head':>5}  how"
+        )
+        print("\nSampling\n" + head + "\n" + "-" * len(head))
+        for r in samp:
+            if r.get("error"):
+                print(f"{r['case']:<26} ERROR {r['error']}")
+                continue
+            hf = f"{100 * r['head_fraction']['median']:.0f}%" if "head_fraction" in r else "-"
+            steps = f"{r['total_steps']} {r['step_unit']}"
+            print(f"{r['case']:<26}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}{r['cfg']:>4.1f}  {steps:<26}"
+                  f"{r['seconds_per_step']['median']:>11.4f}  {_range(r['seconds_per_batch'], '.2f'):<26}"
+                  f"{r['latents_per_s']['median']:>10.3f}{r['gflops_achieved']['median']:>8.1f}"
+                  f"{100 * r['gflops_achieved']['median'] / peak:>4.0f}%{hf:>5}  {r['label']}")  # fmt: skip
+    train = [r for r in rows if r.get("kind") == "train"]
+    if train:
+        head = (
+            f"{'case':<24}{'params':>8}{'b':>3}  {'s/step med [min-max]':<24}{'latents/s':>10}"
+            f"{'GFLOP/latent':>13}{'GFLOP/s':>8}{'%pk':>5}{'RSS MB':>8}"
+        )
+        print("\nTraining (forward + backward + AdamW + EMA)\n" + head + "\n" + "-" * len(head))
+        for r in train:
+            if r.get("error"):
+                print(f"{r['case']:<24} ERROR {r['error']}")
+                continue
+            print(f"{r['case']:<24}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {_range(_summary(r['step_seconds']), '.2f'):<24}"
+                  f"{r['latents_per_s']['median']:>10.3f}{r['flops_per_latent'] / 1e9:>13.1f}"
+                  f"{r['gflops_achieved']['median']:>8.1f}{100 * r['gflops_achieved']['median'] / peak:>4.0f}%"
+                  f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
+    for r in rows:
+        if r.get("kind") == "kv_backbone" and not r.get("error"):
+            print(f"\nKV cache, transformer part only ({r['params'] / 1e6:.1f}M params, batch {r['batch']}, "
+                  f"{r['tokens']} tokens, head replaced by zeros)")  # fmt: skip
+            print(
+                f"  cached loop           {_range(r['cached_seconds'], '.3f')} s  ({r['gflops_cached']:.1f} GFLOP/s)"
+            )
+            print(f"  recompute (integrated) {_range(r['recompute_seconds_integrated'], '.2f')} s  "
+                  f"({r['gflops_recompute']:.1f} GFLOP/s)")  # fmt: skip
+            print(f"  recompute first {r['direct_first_k']} tokens: direct "
+                  f"{_range(r['recompute_first_k_direct_seconds'], '.3f')} s, model "
+                  f"{r['recompute_first_k_from_model_seconds']:.3f} s")  # fmt: skip
+            print(f"  speed-up {_range(r['speedup'], '.1f')}x (target >= {TARGET_BACKBONE_SPEEDUP}x)")
+        if r.get("kind") == "kv_whole" and not r.get("error"):
+            print(f"\nKV cache, whole image ({r['diffusion_steps_per_token']} diffusion steps / token, batch "
+                  f"{r['batch']}, cfg {r['cfg']}, {r['label']})")  # fmt: skip
+            for v in ("cached", "no_cache"):
+                if r[v]:
+                    print(f"  {v:<9} {_range(r[v]['seconds_per_batch'], '.2f')} s per batch over {r[v]['runs']} "
+                          f"run(s); outside the head {r[v]['backbone_and_rest_seconds']['median']:.2f} s")  # fmt: skip
+            if r["cache_speedup"]:
+                print(f"  cache speed-up {r['cache_speedup']:.1f}x")
+    kv = result.get("kv_comparison", {})
+    if "whole" in kv:
+        w = kv["whole"]
+        print(f"\nvs upstream generate() (NORMALISED cross-machine: upstream {UPSTREAM_AR['peak_gflops']:.0f} "
+              f"GFLOP/s peak, ours {peak:.1f}):")  # fmt: skip
+        print(f"  ours cached {w['our_cached_seconds']:.1f} s = {w['our_cached_seconds_scaled_to_upstream_peak']:.1f}"
+              f" s at upstream's peak; upstream 62 s (no cache) -> {w['speedup_vs_upstream_generate_normalised']:.1f}x "
+              f"(target >= {TARGET_WHOLE_SPEEDUP}x); upstream 33.5 s (its cache) -> "
+              f"{w['speedup_vs_upstream_cache_normalised']:.1f}x")  # fmt: skip
+        if "our_no_cache_seconds" in w:
+            print(f"  ours no cache {w['our_no_cache_seconds']:.1f} s = "
+                  f"{w['our_no_cache_seconds_scaled_to_upstream_peak']:.1f} s at upstream's peak -> "
+                  f"{w['no_cache_vs_upstream_generate_normalised']:.2f}x upstream's no-cache")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--groups", default="kv,sample,train", help="comma list of kv, sample, train")
+    p.add_argument("--cases", default="", help=f"comma list (overrides --groups): {', '.join(CASES)}")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--warmup", type=int, default=0, help="warm-up runs (0: per-case default)")
+    p.add_argument("--repeats", type=int, default=0, help="timed repeats (0: per-case default)")
+    p.add_argument("--kv-nocache-repeats", type=int, default=1, help="whole-image no-cache runs in kv_whole")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-seconds", type=float, default=3.0, help="matmul-peak loop, at start and at end")
+    p.add_argument(
+        "--case-peak-seconds", type=float, default=0.5, help="matmul loop inside each case's process"
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: tiny cases, first steps only, 1 warm-up + 1 repeat, short peak loops")  # fmt: skip
+    p.add_argument(
+        "--out", default=None, help=f"JSON (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)"
+    )
+    p.add_argument("--case", default="", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.repeats = args.warmup or 1, args.repeats or 1
+        args.peak_seconds, args.case_peak_seconds = (
+            min(args.peak_seconds, 0.5),
+            min(args.case_peak_seconds, 0.2),
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float32)
+    if args.case:
+        row = run_one(args)
+        print(JSON_MARK + json.dumps(row) if args.json else json.dumps(row, indent=2), flush=True)
+        return row
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    machine = machine_info(args.threads)
+    start = matmul_peak(args.peak_seconds)
+    print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+    result: dict[str, Any] = {
+        "command": command,
+        "machine": machine,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")},
+        "cases": {k: asdict(v) for k, v in CASES.items()},
+        "upstream_reference": UPSTREAM_AR,
+        "note": "latents/s: generator sampling only, the tokenizer decode is not included",
+        "rows": [],
+    }
+    t_run = time.perf_counter()
+    for name in plan(args):
+        result["rows"].append(run_child(name, args))
+        if out:  # partial results survive an interrupted run
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
+    end = matmul_peak(args.peak_seconds)
+    peak = max(start["max_gflops"], end["max_gflops"])
+    result["matmul_peak"] = {"start": start, "end": end, "peak_gflops": peak, "n": MATMUL_N}
+    result["wall_seconds"] = time.perf_counter() - t_run
+    for row in result["rows"]:
+        if not row.get("error") and "gflops_achieved" in row:
+            row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
+    result["kv_comparison"] = compare_kv(result["rows"], peak)
+    print_table(result)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\n[bench] wrote {out}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
