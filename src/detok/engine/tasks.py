@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from detok.data.build import DataConfig
+from detok.data.latents import LatentCache
 from detok.engine.trainer import OptimConfig, TrainConfig
 from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
@@ -159,9 +160,7 @@ class GeneratorTask:
             if self.hflip:
                 flip = torch.rand(moments.shape[0], generator=generator, device=moments.device) < 0.5
                 moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
-            from detok.tokenizers.base import DiagonalGaussian
-
-            z = DiagonalGaussian(moments).sample(generator)
+            z = LatentCache.sample(moments, generator)
         else:
             x = batch["image"]
             if self.hflip:

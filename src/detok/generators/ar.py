@@ -25,6 +25,7 @@ from detok.config import from_dict
 from detok.generators.base import LABEL_DROPOUT, Generator
 from detok.generators.diffloss import DiffLoss, modulate
 from detok.generators.mar import Mlp, random_orders
+from detok.nn.dit_blocks import patchify, unpatchify_cpq
 from detok.processes.guidance import linear_cfg
 from detok.registry import register
 
@@ -200,13 +201,11 @@ class ARDiff(Generator):
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q)."""
-        p = self.cfg.patch_size
-        return rearrange(latents, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
+        return patchify(latents, self.cfg.patch_size)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, T) -> (B, C, H, W)."""
-        p = self.cfg.patch_size
-        return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid[0], p=p, q=p)
+        return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
 
     def orders(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None

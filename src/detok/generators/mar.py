@@ -23,6 +23,7 @@ from torch import nn
 from detok.config import from_dict
 from detok.generators.base import LABEL_DROPOUT, Generator
 from detok.generators.diffloss import DiffLoss
+from detok.nn.dit_blocks import patchify, unpatchify_cpq
 from detok.processes.guidance import linear_cfg
 from detok.registry import register
 
@@ -223,13 +224,11 @@ class MAR(Generator):
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q) as upstream."""
-        p = self.cfg.patch_size
-        return rearrange(latents, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
+        return patchify(latents, self.cfg.patch_size)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, T) -> (B, C, H, W)."""
-        p = self.cfg.patch_size
-        return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid[0], p=p, q=p)
+        return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
 
     def class_embedding(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels (B,) -> (B, D); the null label `num_classes` maps to `fake_latent`."""

@@ -92,6 +92,11 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=patch, q=patch)
 
 
+def unpatchify_cpq(tokens: torch.Tensor, patch: int, grid_h: int) -> torch.Tensor:
+    """Inverse of `patchify`: tokens (B, N, C*P*P) in (c p q) order -> (B, C, H, W) (MAR / AR latents)."""
+    return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=grid_h, p=patch, q=patch)
+
+
 def unpatchify(tokens: torch.Tensor, patch: int, grid: int) -> torch.Tensor:
     """Tokens (B, N, P*P*C) in DiT's (p q c) order -> (B, C, H, W)."""
     return rearrange(tokens, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, w=grid, p=patch, q=patch)
