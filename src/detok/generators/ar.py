@@ -26,6 +26,7 @@ from detok.generators.base import LABEL_DROPOUT, Generator
 from detok.generators.diffloss import DiffLoss, modulate
 from detok.generators.mar import Mlp, random_orders
 from detok.nn.dit_blocks import patchify, unpatchify_cpq
+from detok.nn.linear import Linear
 from detok.processes.guidance import linear_cfg
 from detok.registry import register
 
@@ -77,8 +78,8 @@ class CausalAttention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, n, D) -> (B, n, D)."""
@@ -106,7 +107,7 @@ class AdaLNBlock(nn.Module):
         self.attn = CausalAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
         self.mlp = Mlp(width, int(width * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, n, D), conditions c (B, n, D) -> (B, n, D)."""
@@ -121,7 +122,7 @@ class FinalNorm(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x (B, n, D)
@@ -173,7 +174,7 @@ class ARDiff(Generator):
 
         self.class_emb = nn.Embedding(cfg.num_classes + 1, d)  # last row: the null class
         self.step_embed = nn.Parameter(torch.zeros(1, n, d))  # per-step part of the adaLN condition
-        self.z_proj = nn.Linear(self.token_dim, d)
+        self.z_proj = Linear(self.token_dim, d)
         self.bos_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))  # position of the token an input holds
         self.target_pos_embed = nn.Parameter(torch.zeros(1, n, d))  # position the input must predict

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from detok.nn.linear import Linear
 from detok.processes.gaussian import GaussianDiffusion
 
 FREQ_DIM = 256  # sinusoidal timestep features fed to the time MLP (DiT / MAR)
@@ -51,7 +52,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, width: int, freq_dim: int = FREQ_DIM) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = nn.Sequential(Linear(freq_dim, width), nn.SiLU(), Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.freq_dim))
@@ -63,8 +64,8 @@ class ResBlock(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.in_ln = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.mlp = nn.Sequential(Linear(width, width), nn.SiLU(), Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)  # 3 x (M, W)
@@ -77,8 +78,8 @@ class FinalLayer(nn.Module):
     def __init__(self, width: int, out_channels: int) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
-        self.linear = nn.Linear(width, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)  # 2 x (M, W)
@@ -92,8 +93,8 @@ class DiffLossMLP(nn.Module):
         super().__init__()
         self.channels = channels
         self.time_embed = TimestepEmbedder(width)
-        self.cond_embed = nn.Linear(cond_channels, width)
-        self.input_proj = nn.Linear(channels, width)
+        self.cond_embed = Linear(cond_channels, width)
+        self.input_proj = Linear(channels, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
         self.final_layer = FinalLayer(width, 2 * channels)  # eps and the learned-variance interpolant
         self.init_weights()
@@ -114,7 +115,10 @@ class DiffLossMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x (M, C) noisy tokens, t (M,) timestep indices, c (M, Z) conditions -> (M, 2C)."""
-        y = self.time_embed(t) + self.cond_embed(c)  # (M, W)
+        return self.denoise(x, self.time_embed(t) + self.cond_embed(c))
+
+    def denoise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (M, C) noisy tokens, y (M, W) summed time + condition embeddings -> (M, 2C)."""
         h = self.input_proj(x)  # (M, W)
         for block in self.res_blocks:
             h = block(h, y)
@@ -195,17 +199,21 @@ class DiffLoss(nn.Module):
         noise = randn((m, self.channels), z, generator)
         if m == 0:
             return noise
+        # The condition embedding is fixed over the loop and t is one step for every row, so both are
+        # embedded once (per loop / per step) instead of once per row and step.
+        net = self.net
         if z_uncond is None:
+            cond_emb = net.cond_embed(z)  # (M, W)
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return self.net(x, t, z)
+                return net.denoise(x, net.time_embed(t[:1]) + cond_emb)
 
         else:
-            zz = torch.cat([z, z_uncond])  # (2M, Z)
+            cond_emb = net.cond_embed(torch.cat([z, z_uncond]))  # (2M, W)
             c = self.channels
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                out = self.net(torch.cat([x, x]), torch.cat([t, t]), zz)  # (2M, 2C)
+                out = net.denoise(torch.cat([x, x]), net.time_embed(t[:1]) + cond_emb)  # (2M, 2C)
                 cond, uncond = out.chunk(2)  # (M, 2C) each
                 eps = uncond[:, :c] + cfg * (cond[:, :c] - uncond[:, :c])
                 return torch.cat([eps, cond[:, c:]], dim=1)

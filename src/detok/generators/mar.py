@@ -24,6 +24,7 @@ from detok.config import from_dict
 from detok.generators.base import LABEL_DROPOUT, Generator
 from detok.generators.diffloss import DiffLoss
 from detok.nn.dit_blocks import patchify, unpatchify_cpq
+from detok.nn.linear import Linear
 from detok.processes.guidance import linear_cfg
 from detok.registry import register
 
@@ -42,8 +43,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,9 +59,9 @@ class Mlp(nn.Module):
 
     def __init__(self, width: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
+        self.fc1 = Linear(width, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc2 = Linear(hidden, width)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +184,7 @@ class MAR(Generator):
 
         self.class_emb = nn.Embedding(cfg.num_classes, d)
         self.fake_latent = nn.Parameter(torch.zeros(1, d))  # the null class of classifier-free guidance
-        self.z_proj = nn.Linear(self.token_dim, d)
+        self.z_proj = Linear(self.token_dim, d)
         self.z_proj_ln = nn.LayerNorm(d, eps=LN_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, s + n, d))
         self.encoder_blocks = nn.ModuleList(
@@ -191,7 +192,7 @@ class MAR(Generator):
         )
         self.encoder_norm = nn.LayerNorm(d, eps=LN_EPS)
 
-        self.decoder_embed = nn.Linear(d, d)
+        self.decoder_embed = Linear(d, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, s + n, d))
         self.decoder_blocks = nn.ModuleList(
