@@ -10,7 +10,8 @@ from detok import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from detok.cli import convert, encode, quickstart, reconstruct, sample, train
+    from detok.cli import bench, convert, encode, evaluate, quickstart, reconstruct, sample, train
+    from detok.eval import report
 
     parser = argparse.ArgumentParser(
         prog="detok",
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"detok {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (quickstart, train, encode, sample, reconstruct, convert):
+    for module in (quickstart, train, encode, sample, reconstruct, evaluate, bench, report, convert):
         module.add_parser(sub)
     return parser
 

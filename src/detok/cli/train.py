@@ -18,9 +18,11 @@ from detok.data.latents import LatentCache, latent_stats
 from detok.engine import dist
 from detok.engine.tasks import GeneratorRunConfig, GeneratorTask, TokenizerRunConfig, TokenizerTask
 from detok.engine.trainer import Trainer
+from detok.eval.probe import GenerationProbe
 from detok.generators.load import build_generator
 from detok.generators.sampling import grid_labels, sample_images
 from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.detok import PRESETS, DeTok
 from detok.tokenizers.load import load_tokenizer
 
@@ -58,11 +60,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
     train_set = build_dataset(data_cfg, "train")
     spe = max(1, len(train_set) // cfg.train.global_batch_size)
     task = TokenizerTask(model, loss, disc_start_step=round(cfg.disc_start_epoch * spe), hflip=data_cfg.hflip)
+    run_dir = Path(cfg.train.out_dir)
+    hooks = []
+    if cfg.probe.every_epochs > 0:
+        hooks.append(GenerationProbe(cfg.probe, data_cfg, train_set, run_dir, max(1, round(cfg.probe.every_epochs * spe))))
     trainer = Trainer(
         task, cfg.train, cfg.optim, kind="tokenizer", config=to_dict(cfg), collate=collate,
-        num_workers=data_cfg.num_workers,
+        num_workers=data_cfg.num_workers, hooks=hooks,
     )
-    run_dir = Path(cfg.train.out_dir)
     if trainer.info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
 
@@ -88,11 +93,17 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
     return summary
 
 
-def train_generator(cfg: GeneratorRunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train a generator on a frozen tokenizer's latents (cached or online); sample a grid at the end."""
+def train_generator(
+    cfg: GeneratorRunConfig, resume: bool = False, tokenizer: Tokenizer | None = None
+) -> dict[str, Any]:
+    """Train a generator on a frozen tokenizer's latents (cached or online); sample a grid at the end.
+
+    `tokenizer` replaces loading `cfg.tokenizer` (which is still recorded in the run's config): used by
+    in-training probes whose tokenizer lives in memory.
+    """
     if not cfg.tokenizer:
         raise ValueError("train generator needs tokenizer=RUN_OR_CHECKPOINT (the tokenizer whose latents it models)")
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     if bool((tok.latent_std == 1).all()) and bool((tok.latent_mean == 0).all()):
         raise ValueError(
             f"tokenizer {cfg.tokenizer} has no latent statistics; compute them with "

@@ -62,9 +62,17 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place, also returned); identity in a single process."""
+    """Sum over ranks (in place, also returned); identity in a single process.
+
+    CPU tensors are reduced through the current CUDA device when the backend is NCCL (CUDA only).
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
+        if t.device.type == "cpu" and dist.get_backend() == "nccl":
+            moved = t.cuda()
+            dist.all_reduce(moved)
+            t.copy_(moved.cpu())
+        else:
+            dist.all_reduce(t)
     return t
 
 
@@ -72,3 +80,10 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True when `flag` is true on any rank."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(t).item() > 0)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -11,6 +11,7 @@ from torch import nn
 from detok.data.build import DataConfig
 from detok.data.latents import LatentCache
 from detok.engine.trainer import OptimConfig, TrainConfig
+from detok.eval.probe import ProbeConfig
 from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
 from detok.tokenizers.detok import DeTok, DetokConfig
@@ -30,6 +31,7 @@ class TokenizerRunConfig:
     decoder_only: bool = field(default=False, metadata={"help": "freeze the encoder (decoder fine-tuning)"})
     init_from: str = field(default="", metadata={"help": "initialise weights (EMA) from a detok checkpoint"})
     stats_images: int = field(default=0, metadata={"help": "images for latent statistics at the end; 0 = all"})
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # generation-FID estimate during training (off)
 
 
 class _DiscriminatorPair(nn.Module):

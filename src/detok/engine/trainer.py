@@ -151,6 +151,18 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Hook(Protocol):
+    """A periodic action inside `fit`: called on every rank after each step that is a multiple of `every`.
+
+    It may read `trainer.modules` / `trainer.ema` (the live modules and their EMA) and returns numbers to
+    log (written to metrics.jsonl by the main process) or None. It must not change the trained state.
+    """
+
+    every: int
+
+    def __call__(self, trainer: Trainer, step: int) -> dict[str, float] | None: ...
+
+
 class Trainer:
     """Runs a Task on a dataset: `Trainer(task, train_cfg, optim_cfg, kind, config).fit(dataset, resume)`."""
 
@@ -164,8 +176,10 @@ class Trainer:
         config: dict[str, Any],
         collate=None,
         num_workers: int = 0,
+        hooks: list[Hook] | None = None,
     ) -> None:
         self.task, self.cfg, self.optim_cfg = task, train, optim
+        self.hooks = list(hooks or [])
         self.kind, self.config = kind, config
         self.collate, self.num_workers = collate, num_workers
         self.info = dist.init(train.device)
@@ -305,6 +319,15 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
                 if step % cfg.ckpt_every == 0 and step < total:
                     self._save(step, modules, ema, optimizers, generator)
+                for hook in self.hooks:
+                    if hook.every > 0 and step % hook.every == 0:
+                        self.modules, self.ema = modules, ema
+                        values = hook(self, step)  # every rank calls; the hook decides who works
+                        if values and metrics_file:
+                            metrics_file.write(json.dumps({"step": step, "epoch": step / spe, **values}) + "\n")
+                            metrics_file.flush()
+                        if values:
+                            self._log(f"[detok] step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         finally:
             bar.close()
             if metrics_file:

@@ -28,21 +28,28 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class ReconMetrics:
-    """Streaming mean PSNR / SSIM over batches of [-1, 1] images, float64 sums (reset / update / compute)."""
+    """Streaming mean PSNR / SSIM over batches of [-1, 1] images (reset / update / compute).
+
+    float64 sums; under torch.distributed, compute() sums over every rank's images.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.n, self.psnr, self.ssim = 0, 0.0, 0.0
+        self.sums = torch.zeros(3, dtype=torch.float64)  # images, PSNR sum, SSIM sum
 
     def update(self, images: torch.Tensor, recon: torch.Tensor) -> None:
         a, b = to_uint8(images).cpu(), to_uint8(recon).cpu()
-        self.psnr += float(psnr_per_image(a, b).clamp_max(100.0).sum())
-        self.ssim += float(ssim_per_image(a, b).sum())
-        self.n += a.shape[0]
+        self.sums += torch.tensor(
+            [a.shape[0], float(psnr_per_image(a, b).clamp_max(100.0).sum()), float(ssim_per_image(a, b).sum())],
+            dtype=torch.float64,
+        )
 
     def compute(self) -> dict[str, float]:
-        if self.n == 0:
+        from detok.engine.dist import all_reduce_sum
+
+        n, psnr, ssim = all_reduce_sum(self.sums.clone()).tolist()
+        if n == 0:
             raise ValueError("no images seen")
-        return {"psnr": self.psnr / self.n, "ssim": self.ssim / self.n, "n": self.n}
+        return {"psnr": psnr / n, "ssim": ssim / n, "n": int(n)}

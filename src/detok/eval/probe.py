@@ -1,0 +1,95 @@
+"""Generation probe: while a tokenizer trains, periodically train a small generator on its current latents.
+
+Reconstruction converges early and says little about generation (the point of l-DeTok, and a question
+users of peer repos ask: "how do I estimate gFID during VAE training?"). Every `every_epochs`, the probe
+takes the tokenizer's EMA weights, computes their latent statistics, encodes `images` training images,
+trains the `generator` recipe for `steps` steps on them and logs the FID of `n_samples` samples (domain
+features for small data) to metrics.jsonl as `probe_fid`, `probe_class_accuracy`.
+
+Every rank runs the probe (its generator trains with DDP like any run); the tokenizer's training state is
+untouched: the global RNG is restored afterwards and the tokenizer's own generator is not used.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from detok.data import collate
+from detok.data.build import DataConfig
+from detok.engine import dist
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ProbeConfig:
+    """The generation probe of tokenizer training (off by default)."""
+
+    every_epochs: float = _f(0.0, "probe every this many epochs (0 = off)")
+    generator: str = _f("sit", "generator recipe configs/quickstart_<generator>.yaml")
+    steps: int = _f(150, "generator training steps per probe")
+    images: int = _f(4096, "training images encoded for the probe generator")
+    n_samples: int = _f(512, "samples scored per probe")
+    cfg: float = _f(0.0, "guidance scale (0 = the recipe's sample.cfg)")
+    feature_net: str = _f("auto", "FID features: auto (domain for small data), domain, inception")
+    keep: bool = _f(False, "keep each probe's generator run folder (default: only its numbers)")
+
+
+class GenerationProbe:
+    """Trainer hook (see detok.engine.trainer.Hook) logging a generation-FID estimate of the live tokenizer."""
+
+    def __init__(self, cfg: ProbeConfig, data_cfg: DataConfig, train_set, run_dir: Path, every: int) -> None:
+        self.cfg, self.data_cfg, self.train_set = cfg, data_cfg, train_set
+        self.run_dir, self.every = Path(run_dir), every
+
+    def __call__(self, trainer, step: int) -> dict[str, float]:
+        with torch.random.fork_rng(devices=[]):
+            return self._probe(trainer, step)
+
+    def _probe(self, trainer, step: int) -> dict[str, float]:
+        from detok.cli.train import train_generator
+        from detok.config import resolve
+        from detok.data.latents import latent_stats, write_cache
+        from detok.engine.tasks import GeneratorRunConfig
+        from detok.eval.protocol import EvalConfig, feature_net_for, reference_for, score_generator
+
+        cfg, info = self.cfg, trainer.info
+        out = self.run_dir / "probe" / f"step-{step:07d}"
+        tok = trainer.ema_copy().to(trainer.device).eval()
+        subset = Subset(self.train_set, range(min(cfg.images, len(self.train_set))))
+        mean, std = latent_stats(tok, subset, trainer.device, collate=collate, progress=False)
+        tok.set_stats(mean.to(trainer.device), std.to(trainer.device))
+        write_cache(tok, subset, out / "latents", trainer.device, collate=collate, progress=False, batch_size=256,
+                    source={"tokenizer": f"{self.run_dir} (EMA at step {step})", "data": self.data_cfg.name})
+        dist.barrier()
+        g_cfg = resolve(GeneratorRunConfig, [f"quickstart_{cfg.generator}"], [
+            f"tokenizer={self.run_dir}", f"cache={out / 'latents'}", f"train.out_dir={out / cfg.generator}",
+            f"train.max_steps={cfg.steps}", "train.progress=false", "sample.per_class=0",
+            f"train.ckpt_every={10 * cfg.steps}",
+        ])
+        res = train_generator(g_cfg, tokenizer=tok)
+        from detok.generators.load import load_generator
+
+        gen, _ = load_generator(out / cfg.generator)
+        gen.to(trainer.device)
+        scale = cfg.cfg or g_cfg.sample.cfg
+        ecfg = EvalConfig(cfg_scales=[scale], n_search=cfg.n_samples, n_final=cfg.n_samples, final_cfg1=False,
+                          precision_recall=False, batch_size=128)
+        net = feature_net_for(cfg.feature_net, self.data_cfg, device=trainer.device)
+        ref = reference_for(net, self.data_cfg, progress=False)
+        scores = score_generator(gen, tok, net, ref, ecfg, progress=False)["best"]
+        values = {"probe_fid": scores["fid"], "probe_gen_loss": float(res["final"].get("loss", float("nan")))}
+        if "class_accuracy" in scores:
+            values["probe_class_accuracy"] = scores["class_accuracy"]
+        dist.barrier()
+        if info.is_main and not cfg.keep:
+            shutil.rmtree(out, ignore_errors=True)
+        return values

@@ -1,0 +1,386 @@
+"""Evaluation protocols: generation (CFG search, then final metrics) and reconstruction, with their recipes.
+
+Generation follows MAR / l-DeTok: score each guidance scale with `n_search` samples, then the best with
+`n_final` (10k / 50k on ImageNet); cfg = 1 is reported too. Sampling is seeded by sample index
+(`sample_images`), so the first `n_search` samples at a scale are the same images in the search and in
+the final run: the final run reuses them and draws only the rest. Every number is written with its
+recipe: feature net and weights hash, reference statistics and their hash, sample count, sampler
+steps, guidance scale and schedule, EMA or raw weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from detok.data import build_dataset, collate
+from detok.data.build import DataConfig
+from detok.engine import dist
+from detok.eval.features import FeatureNet, recipe
+from detok.eval.recon import ReconMetrics, to_uint8
+from detok.generators.base import Generator
+from detok.generators.sampling import balanced_labels, rank_batches, sample_images
+from detok.tokenizers.base import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SMALL_DATASETS = ("shapes", "fashion-mnist")  # "auto" scores these with the domain classifier
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EvalConfig:
+    """How `detok evaluate` scores a run; defaults are the ImageNet protocol of MAR / l-DeTok."""
+
+    feature_net: Literal["auto", "inception", "domain"] = _f(
+        "auto", "features for FID: inception (ImageNet protocol), domain (a classifier trained on the "
+        "dataset), auto = domain for shapes / fashion-mnist, inception otherwise"
+    )
+    ref_stats: str = _f("", "reference statistics (.npz with mu, sigma, or an ADM reference batch); "
+                        "empty = computed from the dataset's train split (cached)")
+    ref_images: int = _f(0, "images of the train split for computed reference statistics (0 = all)")
+    cfg_scales: list[float] = field(
+        default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0], metadata={"help": "guidance scales searched"}
+    )
+    n_search: int = _f(10000, "samples per scale in the CFG search (paper: 10k)")
+    n_final: int = _f(50000, "samples for the final metrics at the best scale (paper: 50k)")
+    final_cfg1: bool = _f(True, "also score cfg = 1 with n_final samples")
+    precision_recall: bool = _f(True, "k-NN precision / recall (ADM's evaluator) at the final scale")
+    steps: str = _f("", "sampler steps; empty = the generator's paper default")
+    batch_size: int = _f(64, "sampling / feature batch per process")
+    seed: int = _f(0, "sampling seed (samples are seeded by index: any process count gives the same images)")
+    ema: bool = _f(True, "evaluate the EMA weights (raw weights if false)")
+    recon_images: int = _f(0, "tokenizer: val images reconstructed (0 = the whole val split)")
+    save_npz: bool = _f(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
+    domain_steps: int = _f(0, "domain classifier training steps when it is not cached (0 = its default)")
+
+
+def cache_dir(kind: str) -> Path:
+    """$DETOK_CACHE/kind or ~/.cache/detok/kind."""
+    root = Path(os.environ.get("DETOK_CACHE", Path.home() / ".cache" / "detok"))
+    return root / kind
+
+
+# ---------------------------------------------------------------------------------------------------
+# Feature nets and reference statistics
+# ---------------------------------------------------------------------------------------------------
+
+
+def feature_net_for(
+    kind: str, data_cfg: DataConfig, device: torch.device | None = None, domain_steps: int = 0,
+    progress: bool = True,
+) -> FeatureNet:
+    """The FID feature net `kind` (auto / inception / domain) for a dataset."""
+    if kind == "auto":
+        kind = "domain" if data_cfg.name in SMALL_DATASETS else "inception"
+    if kind == "domain":
+        from detok.eval.domain import DomainConfig, load_domain_net
+
+        dcfg = DomainConfig(steps=domain_steps) if domain_steps > 0 else None
+        return load_domain_net(data_cfg, dcfg, device=device, progress=progress)
+    if kind == "inception":
+        from detok.eval.inception import load_inception
+
+        return load_inception(device=device)
+    raise ValueError(f"unknown feature net {kind!r}; choose auto, inception or domain")
+
+
+def data_key(data_cfg: DataConfig, split: str, n: int) -> str:
+    """A short hash naming (dataset, split, image count) for cached reference statistics."""
+    ident = f"{data_cfg.name}|{data_cfg.root}|{data_cfg.file_list}|{data_cfg.image_size}|{data_cfg.seed}|"
+    ident += f"{data_cfg.shapes_size}|{split}|{n}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def dataset_features(
+    net: FeatureNet, dataset: Dataset, n: int = 0, batch_size: int = 256, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Features ("pool", and "spatial" when the net has it) of the first n images (0 = all), float32."""
+    n = len(dataset) if n <= 0 else min(n, len(dataset))
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
+    out: dict[str, list[np.ndarray]] = {}
+    for batch in tqdm(loader, desc="reference features", disable=not progress):
+        feats = net(to_uint8(batch["image"]))
+        for k in ("pool", "spatial"):
+            if k in feats:
+                out.setdefault(k, []).append(feats[k].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def reference_for(
+    net: FeatureNet, data_cfg: DataConfig, ref_stats: str = "", n: int = 0, progress: bool = True
+):
+    """Reference statistics: a user's file (`ref_stats`), or the dataset's train split through `net` (cached).
+
+    Computed references are cached under $DETOK_CACHE/refstats, keyed by the data, the image count and
+    the feature net's weights hash, with the features kept for precision / recall.
+    """
+    from detok.eval.refstats import Reference, load_reference, save_reference
+
+    if ref_stats:
+        return load_reference(ref_stats)
+    path = cache_dir("refstats") / f"{data_key(data_cfg, 'train', n)}-{net.weights_sha256}.npz"
+    if path.is_file():
+        return load_reference(path)
+    feats = dataset_features(net, build_dataset(data_cfg, "train"), n, progress=progress)
+    ref = Reference.from_features(
+        feats["pool"], spatial=feats.get("spatial"), feature_net=net.name, weights_sha256=net.weights_sha256
+    )
+    if dist.rank_world()[0] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_reference(path, ref)
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Scale:
+    """Streaming metrics of the samples at one guidance scale: FID, IS / class accuracy (logits), P / R."""
+
+    def __init__(self, net: FeatureNet, ref, cfg: float, precision_recall: bool) -> None:
+        from detok.eval.metrics import FID, InceptionScore, PrecisionRecall
+
+        self.cfg = cfg
+        self.fid = FID(net, ref)
+        self.inception_score = InceptionScore(net)
+        self.pr = PrecisionRecall(net, ref) if precision_recall and ref.features is not None else None
+        self.correct = torch.zeros(2, dtype=torch.float64)  # right, seen (class-conditional accuracy)
+        self.has_logits = False
+
+    def update(self, feats: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.fid.update(feats["pool"])
+        if self.pr is not None:
+            self.pr.update(feats["pool"])
+        if "logits" in feats:
+            self.has_logits = True
+            self.inception_score.update(feats["logits"])
+            pred = feats["logits"].argmax(1).cpu()
+            self.correct += torch.tensor([float((pred == labels.cpu()).sum()), float(len(labels))],
+                                         dtype=torch.float64)
+
+    def compute(self, final: bool) -> dict[str, Any]:
+        """FID (+ class accuracy) during the search; + IS and precision / recall when `final`."""
+        res = self.fid.compute()
+        out: dict[str, Any] = {"cfg": self.cfg, "fid": float(res["fid"]), "n": int(res["n"])}
+        right, seen = dist.all_reduce_sum(self.correct.clone()).tolist()
+        if seen:
+            out["class_accuracy"] = right / seen
+        if final and self.has_logits:
+            out.update({k: v for k, v in self.inception_score.compute().items() if k.startswith("inception_score")})
+        if final and self.pr is not None:
+            out.update({k: v for k, v in self.pr.compute().items() if k in ("precision", "recall")})
+        return out
+
+
+def _sample_into(
+    tracker: _Scale, gen: Generator, tok: Tokenizer, net: FeatureNet, labels: torch.Tensor, start: int, end: int,
+    ecfg: EvalConfig, progress: bool, images_out: list | None = None,
+) -> None:
+    """Samples [start, end) at the tracker's scale (this rank's batches), through the feature net."""
+    rank, world = dist.rank_world()
+    batches = rank_batches(end - start, ecfg.batch_size, rank, world)
+    for s, e in tqdm(batches, desc=f"cfg {tracker.cfg:g} [{start}, {end})", disable=not progress):
+        y = labels[start + s : start + e]
+        images = sample_images(gen, tok, y, cfg=tracker.cfg, steps=ecfg.steps or None, seed=ecfg.seed,
+                               batch_size=ecfg.batch_size, first_index=start + s)
+        u8 = to_uint8(images)
+        tracker.update(net(u8), y)
+        if images_out is not None:
+            images_out.append((start + s, u8, y))
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@torch.no_grad()
+def score_generator(
+    gen: Generator, tok: Tokenizer, net: FeatureNet, ref, ecfg: EvalConfig, progress: bool = True,
+    images_out: list | None = None,
+) -> dict[str, Any]:
+    """CFG search with n_search samples per scale, then n_final at the best (and at cfg = 1).
+
+    n_search is rounded up to a whole number of batches (seeds are per batch), so the final run continues
+    the search's samples at the same scale instead of drawing them again.
+    """
+    _, world = dist.rank_world()
+    n_search = round_up(ecfg.n_search, ecfg.batch_size)
+    n_final = max(ecfg.n_final, n_search)
+    labels = balanced_labels(n_final, gen.num_classes)
+    scales = sorted(set(float(s) for s in ecfg.cfg_scales))
+    if not scales:
+        raise ValueError("eval.cfg_scales is empty")
+    trackers: dict[float, _Scale] = {}
+    t0 = time.perf_counter()
+    search = []
+    for s in scales:
+        trackers[s] = _Scale(net, ref, s, ecfg.precision_recall)
+        _sample_into(trackers[s], gen, tok, net, labels, 0, n_search, ecfg, progress)
+        res = trackers[s].compute(final=False)
+        search.append(res)
+        if dist.rank_world()[0] == 0:
+            log.info("[detok evaluate] cfg %g: FID %.3f (%d samples)", s, res["fid"], res["n"])
+    best = min(search, key=lambda r: r["fid"])["cfg"]
+    finals = [best] + ([1.0] if ecfg.final_cfg1 and best != 1.0 else [])
+    out: dict[str, Any] = {"search": search}
+    for s in finals:
+        tr = trackers.get(s) or _Scale(net, ref, s, ecfg.precision_recall)
+        first = n_search if s in trackers else 0
+        _sample_into(tr, gen, tok, net, labels, first, n_final, ecfg, progress,
+                     images_out if s == best else None)
+        out["best" if s == best else "cfg1"] = tr.compute(final=True)
+    if best == 1.0 and ecfg.final_cfg1:
+        out["cfg1"] = out["best"]
+    out["seconds"] = time.perf_counter() - t0
+    out["processes"] = world
+    return out
+
+
+def tokenizer_data_config(tok_spec: str, fallback: DataConfig | None = None) -> DataConfig:
+    """The data a detok tokenizer run trained on (at its image size), else `fallback`."""
+    from detok.config import from_dict
+    from detok.engine.checkpoint import Checkpoint
+
+    p = Path(tok_spec)
+    if p.is_dir():
+        cfg = Checkpoint(p).config
+        data = dict(cfg.get("data", {}))
+        data["image_size"] = int(cfg.get("tokenizer", {}).get("image_size", data.get("image_size", 256)))
+        data["num_workers"] = 0
+        return from_dict(DataConfig, data, prefix="data.")
+    if fallback is None:
+        raise ValueError(f"{tok_spec} is not a detok run: name the dataset (--data / data.name=...)")
+    return fallback
+
+
+def sampler_recipe(gen: Generator, ecfg: EvalConfig) -> dict[str, Any]:
+    """Sampler, steps and guidance schedule of a generator, as its config says (steps: eval.steps wins)."""
+    cfg = getattr(gen, "cfg", None)
+    keys = ("sampler", "sample_steps", "num_sampling_steps", "num_iter", "temperature", "cfg_schedule",
+            "cfg_interval_start", "timestep_shift", "cfg_legacy_3ch")
+    out = {k: getattr(cfg, k) for k in keys if cfg is not None and hasattr(cfg, k)}
+    out["family"] = type(gen).__name__
+    if ecfg.steps:
+        out["steps_override"] = ecfg.steps
+    out.setdefault("cfg_schedule", "constant")
+    return out
+
+
+def evaluate_generator_run(
+    run: str | Path, ecfg: EvalConfig, *, tokenizer: Tokenizer | None = None, data_cfg: DataConfig | None = None,
+    out_dir: str | Path | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Generation metrics of a generator run (CFG search + final), written to RUN/metrics.json."""
+    from detok.generators.load import load_generator
+    from detok.tokenizers.load import load_tokenizer
+
+    rank, world = dist.rank_world()
+    gen, cfg = load_generator(run, use_ema=ecfg.ema)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg["tokenizer"])
+    device = next(tok.parameters()).device
+    gen.to(device)
+    data_cfg = data_cfg or tokenizer_data_config(cfg["tokenizer"])
+    net = feature_net_for(ecfg.feature_net, data_cfg, device, ecfg.domain_steps, progress and rank == 0)
+    ref = reference_for(net, data_cfg, ecfg.ref_stats, ecfg.ref_images, progress=progress and rank == 0)
+    images: list | None = [] if ecfg.save_npz else None
+    res = score_generator(gen, tok, net, ref, ecfg, progress=progress and rank == 0, images_out=images)
+    res["recipe"] = {
+        **recipe(net),
+        "reference": {"path": ecfg.ref_stats or "computed: train split", "sha256": getattr(ref, "sha256", ""),
+                      "n": int(getattr(ref, "n", 0))},
+        "n_search": res["search"][0]["n"], "n_final": res["best"]["n"], "cfg_scales": ecfg.cfg_scales,
+        "weights": "ema" if ecfg.ema else "raw", "seed": ecfg.seed, "sampler": sampler_recipe(gen, ecfg),
+        "generator": str(run), "tokenizer": str(cfg["tokenizer"]), "data": data_cfg.name,
+        "image_size": data_cfg.image_size,
+    }
+    out = Path(out_dir or run)
+    if rank == 0:
+        if images is not None:
+            _save_npz(images, out / "samples.npz")
+            res["npz"] = str(out / "samples.npz")
+        _merge_metrics(out / "metrics.json", {"generation": res})
+    return res
+
+
+def _save_npz(images: list, path: Path) -> None:
+    """ADM layout: arr_0 uint8 (N, H, W, 3), arr_1 labels; this process's samples in index order."""
+    images = sorted(images, key=lambda t: t[0])
+    u8 = torch.cat([t[1] for t in images]).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+    labels = torch.cat([t[2] for t in images]).numpy()
+    np.savez(path, arr_0=u8, arr_1=labels)
+
+
+def _merge_metrics(path: Path, update: dict[str, Any]) -> None:
+    """Add sections to RUN/metrics.json (keeping the others), written atomically."""
+    import json
+
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(update)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reconstruction
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tok: Tokenizer, data_cfg: DataConfig, ecfg: EvalConfig, *, split: str = "val", progress: bool = True,
+    lpips_net: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """rFID (reconstructions vs the originals, as l-DeTok's val statistics), PSNR, SSIM, LPIPS (if weights)."""
+    from detok.eval.metrics import GaussianStats
+
+    rank, world = dist.rank_world()
+    device = next(tok.parameters()).device
+    net = feature_net_for(ecfg.feature_net, data_cfg, device, ecfg.domain_steps, progress)
+    dataset = build_dataset(data_cfg, split)
+    n = len(dataset) if ecfg.recon_images <= 0 else min(ecfg.recon_images, len(dataset))
+    idx = list(range(rank, n, world))
+    loader = DataLoader(Subset(dataset, idx), batch_size=ecfg.batch_size, collate_fn=collate)
+    real, fake, rec = GaussianStats(), GaussianStats(), ReconMetrics()
+    lp_sum = torch.zeros(2, dtype=torch.float64)
+    t0 = time.perf_counter()
+    for batch in tqdm(loader, desc="reconstruct", disable=not progress):
+        x = batch["image"].to(device)
+        y = tok.decode(tok.encode(x)).float().clamp(-1, 1)
+        rec.update(x, y)
+        real.update(net(to_uint8(x))["pool"])
+        fake.update(net(to_uint8(y))["pool"])
+        if lpips_net is not None:
+            d = lpips_net(x, y).flatten()
+            lp_sum += torch.tensor([float(d.sum()), float(d.numel())], dtype=torch.float64)
+    out = rec.compute()
+    from detok.eval.frechet import frechet_distance
+
+    mu_r, sig_r, n_r = real.compute()
+    mu_f, sig_f, _ = fake.compute()
+    out["rfid"] = float(frechet_distance(mu_f, sig_f, mu_r, sig_r))
+    lp = dist.all_reduce_sum(lp_sum)
+    out["lpips"] = float(lp[0] / lp[1]) if lp[1] > 0 else None
+    out["recipe"] = {**recipe(net), "reference": f"originals of the {split} split (same images)", "n": int(n_r),
+                     "split": split, "data": data_cfg.name, "image_size": data_cfg.image_size,
+                     "uint8": "round((x + 1) * 127.5), clamped", "encode": "posterior mean, no noise, no mask",
+                     "lpips": "LPIPS-VGG16 v0.1" if lpips_net is not None else "not computed (no VGG16 weights)"}
+    out["seconds"] = time.perf_counter() - t0
+    return out
