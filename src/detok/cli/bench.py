@@ -78,9 +78,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if args.data:
                 fallback = from_dict(DataConfig, {"name": args.data, "root": args.root, "num_workers": 0},
                                      prefix="data.")
-            data_cfg = tokenizer_data_config(spec, fallback)
             tok = load_tokenizer(spec).to(info.device)
-            if fallback is not None and not Path(spec).is_dir():
+            data_cfg = tokenizer_data_config(spec, fallback)
+            if fallback is not None:  # an explicit --data wins, at the tokenizer's image size
+                data_cfg = fallback
                 data_cfg.image_size = int(getattr(getattr(tok, "cfg", None), "image_size", data_cfg.image_size))
             presets = args.eval_config or (["eval_small"] if data_cfg.name in SMALL_DATASETS else [])
             ecfg = resolve_config(EvalConfig, presets, args.eval_overrides)

@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--generators", default="sit,mar", help="comma-separated generators to train on the latents ('' = none)"
     )
+    p.add_argument("--eval-samples", type=int, default=1000,
+                   help="samples per generator for its FID in domain-classifier features (0 = no FID)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides")
     p.set_defaults(func=main)
 
@@ -62,6 +64,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "parameters_m": res["parameters_m"], "final_loss": res["final"].get("loss"),
                 "samples": res["samples"]["grid"], "cfg": g_cfg.sample.cfg, "run_dir": res["run_dir"],
             }
+            if args.eval_samples > 0:
+                generators[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg, args.eval_samples))
     dist.shutdown()
     grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
     summary = {
@@ -85,3 +89,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     write_json(out / "summary.json", summary)
     print_summary(f"detok quickstart ({args.data}) -> {out / 'summary.json'}", summary)
     return summary
+
+
+def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
+    """FID of n samples at the run's guidance scale, in the domain classifier's features (trained once, cached)."""
+    from detok.eval.protocol import EvalConfig, evaluate_generator_run
+
+    t0 = time.perf_counter()
+    ecfg = EvalConfig(feature_net="domain", cfg_scales=[scale], n_search=n, n_final=n, final_cfg1=False,
+                      batch_size=250)
+    res = evaluate_generator_run(run_dir, ecfg, tokenizer=tokenizer, data_cfg=data_cfg)
+    best = res["best"]
+    out = {"fid": best["fid"], "fid_samples": best["n"], "fid_features": res["recipe"]["feature_net"],
+           "eval_seconds": time.perf_counter() - t0}
+    for key in ("class_accuracy", "precision", "recall"):
+        if key in best:
+            out[key] = best[key]
+    return out

@@ -183,7 +183,8 @@ class _Scale:
         if seen:
             out["class_accuracy"] = right / seen
         if final and self.has_logits:
-            out.update({k: v for k, v in self.inception_score.compute().items() if k.startswith("inception_score")})
+            score = self.inception_score.compute()
+            out.update(inception_score=score["is"], inception_score_std=score["is_std"])
         if final and self.pr is not None:
             out.update({k: v for k, v in self.pr.compute().items() if k in ("precision", "recall")})
         return out
@@ -358,7 +359,7 @@ def evaluate_tokenizer(
     n = len(dataset) if ecfg.recon_images <= 0 else min(ecfg.recon_images, len(dataset))
     idx = list(range(rank, n, world))
     loader = DataLoader(Subset(dataset, idx), batch_size=ecfg.batch_size, collate_fn=collate)
-    real, fake, rec = GaussianStats(), GaussianStats(), ReconMetrics()
+    real, fake, rec = GaussianStats(net.dim), GaussianStats(net.dim), ReconMetrics()
     lp_sum = torch.zeros(2, dtype=torch.float64)
     t0 = time.perf_counter()
     for batch in tqdm(loader, desc="reconstruct", disable=not progress):

@@ -27,7 +27,7 @@ from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
 from detok.data.latents import CacheMismatch, LatentCache, latent_stats, write_cache
 from detok.engine.tasks import GeneratorRunConfig
-from detok.eval.protocol import EvalConfig, evaluate_generator_run
+from detok.eval.protocol import EvalConfig, data_key, evaluate_generator_run
 from detok.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,22 @@ def prepare_latents(
 ) -> Path:
     """The tokenizer's latent cache of the train split under OUT (reused when it matches the tokenizer)."""
     cache = out / "latents"
+    key = data_key(data_cfg, "train", 0)
     if (cache / "meta.json").is_file():
+        found = LatentCache(cache)
         try:
-            LatentCache(cache).check(tok)
-            return cache
+            found.check(tok)
         except CacheMismatch as e:
             raise CacheMismatch(f"{cache} was written by another tokenizer or stats ({e}); remove it") from e
+        if found.meta.get("source", {}).get("data_key") != key:
+            raise CacheMismatch(f"{cache} holds latents of other data ({found.meta.get('source')}); remove it "
+                                f"or choose another --out")
+        return cache
     train = build_dataset(data_cfg, "train")
     if not tokenizer_has_stats(tok):
         mean, std = latent_stats(tok, train, device, collate=collate, progress=progress)
         tok.set_stats(mean.to(tok.latent_mean.device), std.to(tok.latent_std.device))
-    write_cache(tok, train, cache, device, source={"tokenizer": tok_spec, "data": data_cfg.name, "split": "train"},
+    write_cache(tok, train, cache, device, source={"tokenizer": tok_spec, "data": data_cfg.name, "split": "train", "data_key": key},
                 batch_size=256, collate=collate, progress=progress)
     return cache
 
