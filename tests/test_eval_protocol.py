@@ -1,0 +1,141 @@
+"""Evaluation protocol: CFG search + final metrics, tokenizer metrics, `detok evaluate` / `bench` / probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detok.cli.main import main
+from detok.eval import protocol
+from detok.eval.protocol import EvalConfig, score_generator
+from detok.eval.refstats import Reference
+from detok.generators.load import build_generator
+
+LATENT = (4, 4, 4)
+
+
+class FakeNet:
+    """A fixed random projection of 8x8-pooled pixels: a cheap, deterministic FeatureNet with logits."""
+
+    name, weights_sha256, dim, resize = "fake-projection", "0" * 16, 16, "adaptive avg pool 8"
+
+    def __init__(self, classes: int = 4) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(3 * 64, self.dim, generator=g)
+        self.head = torch.randn(self.dim, classes, generator=g)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1)  # (B, 192)
+        pool = x @ self.proj
+        return {"pool": pool, "logits": pool @ self.head}
+
+
+class IdentityTokenizer(torch.nn.Module):
+    """Decodes (B, 4, 4, 4) latents to 3 x 16 x 16 images by nearest upsampling of 3 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def denormalize(self, z):
+        return z
+
+    def decode(self, z):
+        return torch.nn.functional.interpolate(z[:, :3].tanh(), scale_factor=4)
+
+
+def reference(net: FakeNet, n: int = 300) -> Reference:
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(n, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    return Reference.from_features(net(images)["pool"].numpy(), feature_net=net.name)
+
+
+def test_search_then_final_reuses_search_samples():
+    torch.manual_seed(0)
+    gen = build_generator("sit_tiny", LATENT, 4, {"sample_steps": 4, "sampler": "euler"}).eval()
+    tok, net = IdentityTokenizer(), FakeNet()
+    ref = reference(net)
+    cfg = EvalConfig(cfg_scales=[1.0, 2.0], n_search=40, n_final=96, batch_size=32, precision_recall=True)
+    res = score_generator(gen, tok, net, ref, cfg, progress=False)
+    assert [r["n"] for r in res["search"]] == [64, 64]  # n_search rounded up to whole batches
+    assert res["best"]["n"] == 96 and res["cfg1"]["n"] == 96
+    assert {"precision", "recall", "class_accuracy", "inception_score"} <= set(res["best"])
+    assert res["best"]["cfg"] == min(res["search"], key=lambda r: r["fid"])["cfg"]
+    # the final at the best scale equals scoring its 96 samples from scratch (same seeds by index)
+    fresh = EvalConfig(cfg_scales=[res["best"]["cfg"]], n_search=96, n_final=96, batch_size=32,
+                       final_cfg1=False, precision_recall=True)
+    again = score_generator(gen, tok, net, ref, fresh, progress=False)["best"]
+    assert again["fid"] == pytest.approx(res["best"]["fid"], rel=1e-9)
+    assert again["precision"] == res["best"]["precision"] and again["recall"] == res["best"]["recall"]
+
+
+def test_cfg_scales_must_not_be_empty():
+    gen = build_generator("sit_tiny", LATENT, 4).eval()
+    with pytest.raises(ValueError, match="cfg_scales"):
+        score_generator(gen, IdentityTokenizer(), FakeNet(), None, EvalConfig(cfg_scales=[]), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    assert main(["train", "tokenizer", "--config", "tokenizer_tiny", "--out", str(root / "tok"),
+                 "data.shapes_size=256"]) == 0
+    assert main(["encode", str(root / "tok"), "--out", str(root / "cache"), "--num-workers", "0"]) == 0
+    assert main(["train", "generator", "--model", "sit_tiny", "--tokenizer", str(root / "tok"), "--cache",
+                 str(root / "cache"), "--out", str(root / "sit"), "train.max_steps=2", "train.global_batch_size=8",
+                 "train.progress=false", "sample.per_class=1", "generator.sample_steps=4",
+                 "generator.sampler=euler"]) == 0
+    return root
+
+
+@pytest.fixture
+def fake_features(monkeypatch, tmp_path):
+    monkeypatch.setenv("DETOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(protocol, "feature_net_for", lambda *a, **k: FakeNet(classes=10))
+
+
+@pytest.mark.slow
+def test_evaluate_generator_and_tokenizer_write_metrics_with_recipes(tiny_runs, fake_features, capsys):
+    sit, tok = tiny_runs / "sit", tiny_runs / "tok"
+    assert main(["evaluate", str(sit), "n_search=32", "n_final=64", "batch_size=32", "cfg_scales=[1.0,2.0]",
+                 "ref_images=128"]) == 0
+    gen = json.loads((sit / "metrics.json").read_text())["generation"]
+    recipe = gen["recipe"]
+    assert gen["best"]["n"] == 64 and len(gen["search"]) == 2
+    for key in ("feature_net", "weights_sha256", "reference", "n_search", "n_final", "sampler", "weights", "seed"):
+        assert key in recipe, key
+    assert recipe["feature_net"] == "fake-projection" and recipe["weights"] == "ema"
+    assert recipe["sampler"]["sampler"] == "euler" and recipe["reference"]["n"] == 128
+    assert main(["evaluate", str(tok), "recon_images=16", "batch_size=8"]) == 0
+    metrics = json.loads((tok / "metrics.json").read_text())
+    rec = metrics["reconstruction"]
+    assert rec["n"] == 16 and np.isfinite(rec["rfid"]) and rec["rfid"] >= 0 and 0 < rec["ssim"] <= 1
+    assert rec["recipe"]["encode"].startswith("posterior mean")
+    assert "generation" not in metrics  # the tokenizer's own file
+
+
+@pytest.mark.slow
+def test_bench_table_skips_finished_cells(tiny_runs, fake_features, tmp_path, capsys):
+    args = ["bench", "tokenizer", str(tiny_runs / "tok"), "--generators", "sit", "--budget", "2",
+            "--batch-size", "8", "--set", "sample.per_class=0", "--set", "train.progress=false",
+            "--set", "generator.sample_steps=4", "--set", "generator.sampler=euler",
+            "--eval", "n_search=32", "--eval", "n_final=32", "--eval", "batch_size=32",
+            "--eval", "cfg_scales=[1.0]", "--eval", "ref_images=128", "--out", str(tmp_path / "bench")]
+    assert main(args) == 0
+    table = json.loads((tmp_path / "bench" / "table.json").read_text())
+    assert len(table["rows"]) == 1 and table["rows"][0]["generator"] == "sit"
+    assert "| tok |" in (tmp_path / "bench" / "table.md").read_text()
+    assert (tmp_path / "bench" / "table.png").stat().st_size > 0
+    cell = Path(table["rows"][0]["cell"]) / "cell.json"
+    before = cell.stat().st_mtime_ns
+    assert main(args) == 0  # finished cell: skipped, not retrained
+    assert cell.stat().st_mtime_ns == before
+
+
+def test_bench_rejects_unknown_generator(capsys):
+    assert main(["bench", "tokenizer", "x", "--generators", "sit,vqgan"]) == 2
+    assert "vqgan" in capsys.readouterr().err
