@@ -125,12 +125,22 @@ def test_bad_image_policy_through_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_quickstart_writes_summary(tmp_path):
-    assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "stats_images=64"]) == 0
+def test_quickstart_writes_summary(tmp_path, monkeypatch):
+    from detok.eval import protocol
+
+    from test_eval_protocol import FakeNet  # tests/ is on sys.path under pytest
+
+    monkeypatch.setenv("DETOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(protocol, "feature_net_for", lambda *a, **k: FakeNet(classes=10))  # no domain training
+    assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "--generators", "sit",
+                 "--generator-steps", "2", "--eval-samples", "32", "stats_images=64"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     tok = summary["tokenizer"]
     assert {"psnr", "ssim", "seconds"} <= set(tok) and tok["steps"] == 3
     assert Path(tok["reconstructions"]).exists()
+    sit = summary["generators"]["sit"]
+    assert sit["steps"] == 2 and sit["fid_samples"] == 250 and sit["fid"] >= 0  # one batch of 250 at least
+    assert sit["fid_features"] == "fake-projection" and Path(sit["samples"]).exists()
 
 
 def test_convert_upstream_mar_then_load(upstream_fixture, tmp_path):

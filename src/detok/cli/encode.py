@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from detok.cli.common import print_summary
@@ -11,8 +10,7 @@ from detok.cli.reconstruct import data_config_for
 from detok.data import build_dataset, collate
 from detok.data.latents import latent_stats, write_cache
 from detok.engine import dist
-from detok.engine.checkpoint import Checkpoint
-from detok.tokenizers.load import load_tokenizer
+from detok.tokenizers.load import load_tokenizer, run_config
 
 
 def add_parser(sub) -> None:
@@ -37,7 +35,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     info = dist.init(args.device)
     tok = load_tokenizer(args.tokenizer).to(info.device)
-    ckpt_cfg = Checkpoint(args.tokenizer).config if Path(args.tokenizer).is_dir() else {}
+    ckpt_cfg = run_config(args.tokenizer)
     data_cfg = data_config_for(tok, ckpt_cfg, args)
     dataset = build_dataset(data_cfg, args.split)
     has_stats = not (bool((tok.latent_mean == 0).all()) and bool((tok.latent_std == 1).all()))

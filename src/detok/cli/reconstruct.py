@@ -18,7 +18,7 @@ from detok.data.build import DataConfig
 from detok.engine.dist import pick_device
 from detok.eval.recon import ReconMetrics
 from detok.tokenizers.base import Tokenizer
-from detok.tokenizers.load import load_tokenizer
+from detok.tokenizers.load import load_tokenizer, run_config
 
 
 @torch.no_grad()
@@ -77,10 +77,9 @@ def data_config_for(tokenizer, ckpt_config: dict, args) -> DataConfig:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from detok.engine.checkpoint import Checkpoint
 
     tok = load_tokenizer(args.tokenizer, use_ema=not args.raw)
-    ckpt_cfg = Checkpoint(args.tokenizer).config if Path(args.tokenizer).is_dir() else {}
+    ckpt_cfg = run_config(args.tokenizer)
     dataset = build_dataset(data_config_for(tok, ckpt_cfg, args), args.split)
     out_dir = Path(args.out or (Path(args.tokenizer) / "reconstruct" if Path(args.tokenizer).is_dir() else "reconstruct"))
     res = reconstruct(tok, dataset, out_dir, pick_device(args.device), args.num_images, args.batch_size)

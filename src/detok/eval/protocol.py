@@ -257,12 +257,11 @@ def score_generator(
 def tokenizer_data_config(tok_spec: str, fallback: DataConfig | None = None) -> DataConfig:
     """The data a detok tokenizer run trained on (at its image size), else `fallback`."""
     from detok.config import from_dict
-    from detok.engine.checkpoint import Checkpoint
+    from detok.tokenizers.load import run_config
 
-    p = Path(tok_spec)
-    if p.is_dir():
-        cfg = Checkpoint(p).config
-        data = dict(cfg.get("data", {}))
+    cfg = run_config(tok_spec)
+    if cfg.get("data"):
+        data = dict(cfg["data"])
         data["image_size"] = int(cfg.get("tokenizer", {}).get("image_size", data.get("image_size", 256)))
         data["num_workers"] = 0
         return from_dict(DataConfig, data, prefix="data.")
