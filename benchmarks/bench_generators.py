@@ -25,11 +25,8 @@ stopped after its k-th step (the model call / AR step that is counted raises), t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -42,12 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_peak, rss_mb, summary
+
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "generators.json"
 JSON_MARK = "BENCH_JSON "
-MATMUL_N = 2048
 LATENT = (16, 16, 16)
 NUM_CLASSES = 1000
 
@@ -167,81 +163,7 @@ ORDER = ["kv", "sample", "train"]  # the headline comparison first
 
 
 # -- FLOP counting (as bench_tokenizer.py) ---------------------------------------------------------------
-def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    b, h, lq, d = q_shape
-    return 2 * b * h * lq * k_shape[2] * (d + v_shape[3])
-
-
-def _sdpa_backward_flops(g_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    return 2 * _sdpa_forward_flops(q_shape, k_shape, v_shape)
-
-
-def counter() -> FlopCounterMode:
-    """FlopCounterMode with a formula for the CPU flash-attention kernels (otherwise counted as 0)."""
-    aten = torch.ops.aten
-    mapping = {}
-    for name, fn in [
-        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_forward_flops),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
-    ]:
-        if hasattr(aten, name):
-            mapping[getattr(aten, name)] = fn
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
 # -- the machine -------------------------------------------------------------------------------------------
-def matmul_peak(seconds: float, n: int = MATMUL_N) -> dict[str, float]:
-    """float32 n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)
-    rates: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(rates) < 3:
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": len(rates)}
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu,
-        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
-        "cores_online": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": threads,
-        "dtype": "float32",
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": commit,
-        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 # -- instrumentation -----------------------------------------------------------------------------------
 class Stop(Exception):
     """Raised by a Probe after its k-th call: the sampler is cut there."""
@@ -394,15 +316,15 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
         "warmup": warmup,
         "repeats": repeats,
         "seconds_timed": times,
-        "seconds_per_batch": _summary(per_batch),
-        "seconds_per_step": _summary([t / steps_run for t in times]),
-        "latents_per_s": _summary([case.batch / t for t in per_batch]),
+        "seconds_per_batch": summary(per_batch),
+        "seconds_per_step": summary([t / steps_run for t in times]),
+        "latents_per_s": summary([case.batch / t for t in per_batch]),
         "flops_per_latent": flops_run * scale / case.batch,
         "flops_note": f"counted on the first {c_steps} steps, scaled to {n_total}",
-        "gflops_achieved": _summary([flops_run / t / 1e9 for t in times]),
+        "gflops_achieved": summary([flops_run / t / 1e9 for t in times]),
     }
     if head is not None:
-        row["head_fraction"] = _summary([h / t for h, t in zip(heads, times)])
+        row["head_fraction"] = summary([h / t for h, t in zip(heads, times)])
     return row
 
 
@@ -456,10 +378,10 @@ def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str,
         "warmup": warmup,
         "repeats": repeats,
         "step_seconds": times,
-        "latents_per_s": _summary([case.batch / t for t in times]),
+        "latents_per_s": summary([case.batch / t for t in times]),
         "flops_per_step_counted": flops,
         "flops_per_latent": flops / case.batch,
-        "gflops_achieved": _summary([flops / t / 1e9 for t in times]),
+        "gflops_achieved": summary([flops / t / 1e9 for t in times]),
         "phase_seconds_median": {
             k: statistics.median(p[k] for p in phases) for k in ("forward", "backward", "optimizer", "ema")
         },  # fmt: skip
@@ -578,16 +500,16 @@ def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str
         "tokens": n_tok,
         "warmup": warmup,
         "repeats": repeats,
-        "cached_seconds": _summary(cached),
+        "cached_seconds": summary(cached),
         "cached_runs": cached,
-        "recompute_seconds_integrated": _summary(recompute_runs),
+        "recompute_seconds_integrated": summary(recompute_runs),
         "recompute_runs_integrated": recompute_runs,
         "recompute_label": f"integrated from transformer calls timed at prefix lengths {lengths}",
         "prefix_seconds_median": med,
         "prefix_flops": pflops,
         "prefix_flops_quadratic_fit_error_at_64": fit_err,
         "direct_first_k": k_direct,
-        "recompute_first_k_direct_seconds": _summary(direct),
+        "recompute_first_k_direct_seconds": summary(direct),
         "recompute_first_k_from_model_seconds": recompute_first_k_model,
         "cached_token_seconds_first_last_32": [
             cached_ends[31] / 32 if len(cached_ends) >= 32 else None,
@@ -597,7 +519,7 @@ def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str
         "flops_recompute": flops_recompute,
         "gflops_cached": flops_cached / statistics.median(cached) / 1e9,
         "gflops_recompute": flops_recompute / statistics.median(recompute_runs) / 1e9,
-        "speedup": _summary(speedups),
+        "speedup": summary(speedups),
         "meets_target": statistics.median(speedups) >= TARGET_BACKBONE_SPEEDUP,
     }
 
@@ -651,10 +573,10 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
 
     def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "seconds_per_batch": _summary([r["seconds"] * scale for r in rs]),
+            "seconds_per_batch": summary([r["seconds"] * scale for r in rs]),
             "seconds_timed": [r["seconds"] for r in rs],
             "head_seconds": [r["head_seconds"] for r in rs],
-            "backbone_and_rest_seconds": _summary([(r["seconds"] - r["head_seconds"]) * scale for r in rs]),
+            "backbone_and_rest_seconds": summary([(r["seconds"] - r["head_seconds"]) * scale for r in rs]),
             "runs": len(rs),
         }
 
@@ -768,10 +690,6 @@ def compare_kv(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     return out
 
 
-def _range(st: dict[str, float], fmt: str) -> str:
-    return f"{st['median']:{fmt}} [{st['min']:{fmt}}-{st['max']:{fmt}}]"
-
-
 def print_table(result: dict[str, Any]) -> None:
     mp, machine = result["matmul_peak"], result["machine"]
     peak = mp["peak_gflops"]
@@ -795,7 +713,7 @@ def print_table(result: dict[str, Any]) -> None:
             hf = f"{100 * r['head_fraction']['median']:.0f}%" if "head_fraction" in r else "-"
             steps = f"{r['total_steps']} {r['step_unit']}"
             print(f"{r['case']:<26}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}{r['cfg']:>4.1f}  {steps:<26}"
-                  f"{r['seconds_per_step']['median']:>11.4f}  {_range(r['seconds_per_batch'], '.2f'):<26}"
+                  f"{r['seconds_per_step']['median']:>11.4f}  {fmt_range(r['seconds_per_batch'], '.2f'):<26}"
                   f"{r['latents_per_s']['median']:>10.3f}{r['gflops_achieved']['median']:>8.1f}"
                   f"{100 * r['gflops_achieved']['median'] / peak:>4.0f}%{hf:>5}  {r['label']}")  # fmt: skip
     train = [r for r in rows if r.get("kind") == "train"]
@@ -809,7 +727,7 @@ def print_table(result: dict[str, Any]) -> None:
             if r.get("error"):
                 print(f"{r['case']:<24} ERROR {r['error']}")
                 continue
-            print(f"{r['case']:<24}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {_range(_summary(r['step_seconds']), '.2f'):<24}"
+            print(f"{r['case']:<24}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {fmt_range(summary(r['step_seconds']), '.2f'):<24}"
                   f"{r['latents_per_s']['median']:>10.3f}{r['flops_per_latent'] / 1e9:>13.1f}"
                   f"{r['gflops_achieved']['median']:>8.1f}{100 * r['gflops_achieved']['median'] / peak:>4.0f}%"
                   f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
@@ -818,20 +736,20 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"\nKV cache, transformer part only ({r['params'] / 1e6:.1f}M params, batch {r['batch']}, "
                   f"{r['tokens']} tokens, head replaced by zeros)")  # fmt: skip
             print(
-                f"  cached loop           {_range(r['cached_seconds'], '.3f')} s  ({r['gflops_cached']:.1f} GFLOP/s)"
+                f"  cached loop           {fmt_range(r['cached_seconds'], '.3f')} s  ({r['gflops_cached']:.1f} GFLOP/s)"
             )
-            print(f"  recompute (integrated) {_range(r['recompute_seconds_integrated'], '.2f')} s  "
+            print(f"  recompute (integrated) {fmt_range(r['recompute_seconds_integrated'], '.2f')} s  "
                   f"({r['gflops_recompute']:.1f} GFLOP/s)")  # fmt: skip
             print(f"  recompute first {r['direct_first_k']} tokens: direct "
-                  f"{_range(r['recompute_first_k_direct_seconds'], '.3f')} s, model "
+                  f"{fmt_range(r['recompute_first_k_direct_seconds'], '.3f')} s, model "
                   f"{r['recompute_first_k_from_model_seconds']:.3f} s")  # fmt: skip
-            print(f"  speed-up {_range(r['speedup'], '.1f')}x (target >= {TARGET_BACKBONE_SPEEDUP}x)")
+            print(f"  speed-up {fmt_range(r['speedup'], '.1f')}x (target >= {TARGET_BACKBONE_SPEEDUP}x)")
         if r.get("kind") == "kv_whole" and not r.get("error"):
             print(f"\nKV cache, whole image ({r['diffusion_steps_per_token']} diffusion steps / token, batch "
                   f"{r['batch']}, cfg {r['cfg']}, {r['label']})")  # fmt: skip
             for v in ("cached", "no_cache"):
                 if r[v]:
-                    print(f"  {v:<9} {_range(r[v]['seconds_per_batch'], '.2f')} s per batch over {r[v]['runs']} "
+                    print(f"  {v:<9} {fmt_range(r[v]['seconds_per_batch'], '.2f')} s per batch over {r[v]['runs']} "
                           f"run(s); outside the head {r[v]['backbone_and_rest_seconds']['median']:.2f} s")  # fmt: skip
             if r["cache_speedup"]:
                 print(f"  cache speed-up {r['cache_speedup']:.1f}x")

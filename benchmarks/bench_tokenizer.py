@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import json
 import os
-import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -32,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_peak, rss_mb, summary
 from detok.cli.train import tokenizer_config
 from detok.engine.ema import EMA
 from detok.engine.tasks import TokenizerRunConfig, TokenizerTask
@@ -41,10 +38,8 @@ from detok.engine.trainer import split_decay
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.tokenizers.detok import DeTok
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "tokenizer.json"
 JSON_MARK = "BENCH_JSON "
-MATMUL_N = 2048
 NO_GAN = 2**62  # disc_start_step that is never reached
 
 # Upstream l-DeTok's model code, measured by the issue author on a machine with a ~240 GFLOP/s float32
@@ -122,95 +117,7 @@ VARIANTS: dict[str, str] = {
 
 
 # -- FLOP counting -------------------------------------------------------------------------------------
-def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """softmax(q k^T) v: two matmuls, 2 * 2 * B * H * Lq * Lk * d."""
-    b, h, lq, d = q_shape
-    return 2 * b * h * lq * k_shape[2] * (d + v_shape[3])
-
-
-def _sdpa_backward_flops(g_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """dV, dP, dQ, dK: four matmuls = 2 x forward (model FLOPs: no recompute of q k^T)."""
-    return 2 * _sdpa_forward_flops(q_shape, k_shape, v_shape)
-
-
-def flop_mapping() -> dict:
-    """FlopCounterMode has no formula for CPU flash attention (it would count 0); add one.
-
-    The same convention as the math path (meta device: 2 bmm forward, 4 bmm backward), so counts on the
-    meta device and on the CPU agree exactly.
-    """
-    aten = torch.ops.aten
-    out = {}
-    for name, fn in [
-        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_forward_flops),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
-    ]:
-        if hasattr(aten, name):
-            out[getattr(aten, name)] = fn
-    return out
-
-
-def counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=flop_mapping())
-
-
 # -- the machine ---------------------------------------------------------------------------------------
-def matmul_peak(seconds: float, n: int = MATMUL_N) -> dict[str, float]:
-    """float32 n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up (threads, allocator)
-    rates: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(rates) < 3:
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": len(rates)}
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model and flags, cores, torch build and threads, date, git commit."""
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu,
-        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
-        "cores_online": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "mkl": torch.backends.mkl.is_available(),
-        "threads": threads,
-        "dtype": "float32",
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": commit,
-        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss, KiB on Linux), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # -- configs and the training step --------------------------------------------------------------------
 def run_config(case: Case, flavour: str) -> TokenizerRunConfig:
     """The exact `detok train tokenizer` config of a case; "full" switches the paper's loss on."""
@@ -454,10 +361,6 @@ class ModelFlops:
 
 
 # -- one row (runs in its own process) ----------------------------------------------------------------
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def run_train_case(
     name: str, case: Case, flavour: str, variant: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -521,10 +424,10 @@ def run_train_case(
         "flops_per_step": flops,
         "model_flops_per_step": model_part,
         "loss_flops_per_step": loss_part,
-        "img_per_s": _summary([batch / t for t in times]),
+        "img_per_s": summary([batch / t for t in times]),
         "img_per_s_mean": batch * repeats / sum(times),
         "flops_per_img_mean": statistics.mean(flops) / batch,
-        "gflops_achieved": _summary([f / t / 1e9 for f, t in zip(flops, times)]),
+        "gflops_achieved": summary([f / t / 1e9 for f, t in zip(flops, times)]),
         "phase_seconds_median": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
         **expected,
         "flops_meta_matches_cpu": flavour != "model" or not any(loss_part),
@@ -568,10 +471,10 @@ def run_encode_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
         "warmup": warmup,
         "repeats": repeats,
         "step_seconds": times,
-        "img_per_s": _summary([case.batch / t for t in times]),
+        "img_per_s": summary([case.batch / t for t in times]),
         "img_per_s_mean": case.batch * repeats / sum(times),
         "flops_per_img_mean": flops / case.batch,
-        "gflops_achieved": _summary([flops / t / 1e9 for t in times]),
+        "gflops_achieved": summary([flops / t / 1e9 for t in times]),
     }
 
 
@@ -705,10 +608,6 @@ def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
     return out
 
 
-def _range(stats: dict[str, float], fmt: str) -> str:
-    return f"{stats['median']:{fmt}} [{stats['min']:{fmt}}-{stats['max']:{fmt}}]"
-
-
 def print_table(result: dict[str, Any]) -> None:
     """Readable summary: one line per row, then the peak-fraction targets and the upstream comparison."""
     mp, machine = result["matmul_peak"], result["machine"]
@@ -731,8 +630,8 @@ def print_table(result: dict[str, Any]) -> None:
         vis = f"{r['visible_frac_mean']:.2f}" if "visible_frac_mean" in r else "-"
         print(
             f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15}{r['batch']:>5}  "
-            f"{_range(r['img_per_s'], '.2f'):<24}{r['flops_per_img_mean'] / 1e9:>10.3f}  "
-            f"{_range(r['gflops_achieved'], '.1f'):<24}{100 * r['gflops_achieved']['median'] / peak:>5.1f}%"
+            f"{fmt_range(r['img_per_s'], '.2f'):<24}{r['flops_per_img_mean'] / 1e9:>10.3f}  "
+            f"{fmt_range(r['gflops_achieved'], '.1f'):<24}{100 * r['gflops_achieved']['median'] / peak:>5.1f}%"
             f"{vis:>6}{r['peak_rss_mb']:>8.0f}"
         )
     if not result["comparison"]:
