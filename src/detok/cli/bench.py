@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     t.add_argument("tokenizers", nargs="+", metavar="TOKENIZER")
     t.add_argument("--generators", default="sit,mar", help="comma list of dit, sit, lightningdit, mar, rasterar, "
                    "randomar (or 'all')")
-    t.add_argument("--budget", type=int, default=0, help="training steps of every generator (0 = the recipe's 250)")
+    t.add_argument("--budget", type=int, default=250, help="training steps of every generator (the same for all)")
     t.add_argument("--batch-size", type=int, default=0, help="global batch of every generator (0 = the recipe's)")
     t.add_argument("--name", action="append", default=[], help="row name per tokenizer (default: folder name)")
     t.add_argument("--data", default="", help="dataset for external tokenizers (detok runs use their own)")

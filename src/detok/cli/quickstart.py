@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
 from detok.cli.common import print_summary, write_json
 from detok.cli.train import tokenizer_config, train_generator, train_tokenizer
@@ -30,7 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--generators", default="sit,mar", help="comma-separated generators to train on the latents ('' = none)"
     )
-    p.add_argument("--eval-samples", type=int, default=1000,
+    p.add_argument("--cache-images", type=int, default=5000,
+                   help="training images encoded (with their flips) for the generators (0 = all)")
+    p.add_argument("--eval-samples", type=int, default=500,
                    help="samples per generator for its FID in domain-classifier features (0 = no FID)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides")
     p.set_defaults(func=main)
@@ -50,7 +53,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if names:
         cache = out / "latents"
         tokenizer = load_tokenizer(tok["run_dir"])
-        write_cache(tokenizer, build_dataset(cfg.data, "train"), cache, torch.device("cpu"),
+        train = build_dataset(cfg.data, "train")
+        if 0 < args.cache_images < len(train):
+            train = Subset(train, range(args.cache_images))
+        write_cache(tokenizer, train, cache, torch.device("cpu"),
                     source={"tokenizer": tok["run_dir"], "data": cfg.data.name, "split": "train"},
                     batch_size=256, collate=collate)
         for name in names:

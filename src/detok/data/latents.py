@@ -119,7 +119,7 @@ def write_cache(
         "latent_mean": tokenizer.latent_mean.tolist(),
         "latent_std": tokenizer.latent_std.tolist(),
         "latent_shape": list(tokenizer.latent_shape),
-        "num_classes": int(getattr(dataset, "num_classes", 0)),
+        "num_classes": int(getattr(dataset, "num_classes", 0) or getattr(getattr(dataset, "dataset", None), "num_classes", 0)),  # noqa: E501  (a Subset: its parent's)
         "source": source,
     }
     if rank == 0:
