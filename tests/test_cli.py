@@ -127,7 +127,6 @@ def test_bad_image_policy_through_the_cli(tmp_path, capsys):
 @pytest.mark.slow
 def test_quickstart_writes_summary(tmp_path, monkeypatch):
     from detok.eval import protocol
-
     from test_eval_protocol import FakeNet  # tests/ is on sys.path under pytest
 
     monkeypatch.setenv("DETOK_CACHE", str(tmp_path / "cache"))

@@ -139,3 +139,28 @@ def test_bench_table_skips_finished_cells(tiny_runs, fake_features, tmp_path, ca
 def test_bench_rejects_unknown_generator(capsys):
     assert main(["bench", "tokenizer", "x", "--generators", "sit,vqgan"]) == 2
     assert "vqgan" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generation_probe_logs_fid_and_leaves_tokenizer_training_unchanged(fake_features, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["train", "tokenizer", "--config", "tokenizer_tiny", "train.ckpt_every=100", "disc_start_epoch=100"]
+    probe = ["probe.every_epochs=0.25", "probe.steps=2", "probe.n_samples=32", "probe.images=32"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "probed"), *probe]) == 0
+    records = [json.loads(line) for line in (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in records if "probe_fid" in r]
+    assert [r["step"] for r in probes] == [2, 4]  # 8 steps per epoch: every 2 steps
+    assert all(np.isfinite(r["probe_fid"]) and 0 <= r["probe_class_accuracy"] <= 1 for r in probes)
+    assert not (tmp_path / "probed" / "probe").exists() or not any((tmp_path / "probed" / "probe").iterdir())
+
+    def weights(run):
+        ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
+        ema = {"ema." + k: v for k, v in load_file(str(ckpt / "ema.safetensors")).items()}
+        return {**load_file(str(ckpt / "weights.safetensors")), **ema}
+
+    plain, probed = weights(tmp_path / "plain"), weights(tmp_path / "probed")
+    assert plain.keys() == probed.keys()
+    for k in plain:  # the probe neither consumed the run's randomness nor touched its modules
+        assert torch.equal(plain[k], probed[k]), k

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="", help="dataset (default: the one the tokenizer trained on)")
     p.add_argument("--root", default="", help="dataset folder (imagefolder / filelist / fashion-mnist)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="tokenizers: images reconstructed")
+    p.add_argument("--ref-stats", default="", help="reference statistics: a .npz with mu / sigma (torch-fidelity, "
+                   "MAR) or ADM's reference batch; default: the dataset's train split (cached)")
     p.add_argument("--out", default="", help="where metrics.json goes (default: the run folder)")
     p.add_argument("--device", default="auto")
     add_config_args(p, EvalConfig)
@@ -48,6 +50,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok.tokenizers.load import load_tokenizer
 
     ecfg = resolve_config(EvalConfig, args.config, args.overrides)
+    if args.ref_stats:
+        ecfg.ref_stats = args.ref_stats
     info = dist.init(args.device)
     try:
         kind = _kind(args.run)
