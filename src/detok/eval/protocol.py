@@ -358,7 +358,7 @@ def evaluate_tokenizer(
     n = len(dataset) if ecfg.recon_images <= 0 else min(ecfg.recon_images, len(dataset))
     idx = list(range(rank, n, world))
     loader = DataLoader(Subset(dataset, idx), batch_size=ecfg.batch_size, collate_fn=collate)
-    real, fake, rec = GaussianStats(net.dim), GaussianStats(net.dim), ReconMetrics()
+    real, fake, rec = GaussianStats(net.dim), GaussianStats(net.dim), ReconMetrics(distributed=True)
     lp_sum = torch.zeros(2, dtype=torch.float64)
     t0 = time.perf_counter()
     for batch in tqdm(loader, desc="reconstruct", disable=not progress):

@@ -30,10 +30,12 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class ReconMetrics:
     """Streaming mean PSNR / SSIM over batches of [-1, 1] images (reset / update / compute).
 
-    float64 sums; under torch.distributed, compute() sums over every rank's images.
+    float64 sums. With `distributed=True` every rank must call compute(), which sums all ranks' images;
+    the default keeps the numbers local (e.g. the main process reconstructing alone after training).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, distributed: bool = False) -> None:
+        self.distributed = distributed
         self.reset()
 
     def reset(self) -> None:
@@ -49,7 +51,8 @@ class ReconMetrics:
     def compute(self) -> dict[str, float]:
         from detok.engine.dist import all_reduce_sum
 
-        n, psnr, ssim = all_reduce_sum(self.sums.clone()).tolist()
+        sums = all_reduce_sum(self.sums.clone()) if self.distributed else self.sums
+        n, psnr, ssim = sums.tolist()
         if n == 0:
             raise ValueError("no images seen")
         return {"psnr": psnr / n, "ssim": ssim / n, "n": int(n)}
