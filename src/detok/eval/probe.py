@@ -75,6 +75,9 @@ class GenerationProbe:
             f"train.max_steps={cfg.steps}", "train.progress=false", "sample.per_class=0",
             f"train.ckpt_every={10 * cfg.steps}",
         ])
+        # a probe on few images: no batch larger than its latents (a multiple of the process count)
+        fit = len(subset) // info.world * info.world
+        g_cfg.train.global_batch_size = max(info.world, min(g_cfg.train.global_batch_size, fit))
         res = train_generator(g_cfg, tokenizer=tok)
         from detok.generators.load import load_generator
 
