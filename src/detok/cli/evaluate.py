@@ -31,10 +31,11 @@ def add_parser(sub) -> None:
 
 def _kind(run: str) -> str:
     from detok.engine.checkpoint import Checkpoint
+    from detok.tokenizers.external import is_diffusers_folder
 
-    if Path(run).is_dir():
+    if Path(run).is_dir() and not is_diffusers_folder(run):
         return Checkpoint(run).kind
-    return "tokenizer"  # an upstream .pth or an external autoencoder spec
+    return "tokenizer"  # an upstream .pth, a diffusers AutoencoderKL folder or an external autoencoder spec
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
