@@ -7,6 +7,7 @@ after a CFG search. Everything is cached on disk: finished tokenizers, evaluatio
 unfinished runs resume, so the grid can be stopped and continued.
 
     python benchmarks/ablation.py                            # main grid, both datasets (writes docs/results/)
+    python benchmarks/ablation.py --data shapes --extra ""   # one dataset (run two of these side by side)
     python benchmarks/ablation.py --grid all                 # + gamma and mask sweeps
     python benchmarks/ablation.py --quick --out /tmp/abl     # smoke test: a few steps per run
 
@@ -17,6 +18,7 @@ tokenizer x generator table), docs/results/ablation.json (one row per dataset x 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -25,13 +27,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"fashion-mnist": "quickstart_fashion", "shapes": "quickstart_shapes"}
+# warmup in epochs = 30 steps of batch 32 (the recipes' 0.1 epoch is 188 steps on Fashion-MNIST's 60k images)
+WARMUP = {"fashion-mnist": 0.016, "shapes": 0.048}
 # name -> (noise, gamma, M): the paper's ablation rows, then its gamma and mask sweeps
+# (in the order they run: the baseline-vs-joint comparison first)
 MAIN = {
     "baseline": ("none", 0.0, 0.0),
-    "mask": ("none", 0.0, 0.7),
-    "noise": ("interpolative", 3.0, 0.0),
     "joint": ("interpolative", 3.0, 0.7),
+    "noise": ("interpolative", 3.0, 0.0),
     "additive": ("additive", 3.0, 0.0),
+    "mask": ("none", 0.0, 0.7),
 }
 GAMMA = {f"gamma{g:g}": ("interpolative" if g else "none", g, 0.0) for g in (1.0, 2.0, 4.0)}
 MASK = {f"mask{m:g}": ("interpolative", 3.0, m) for m in (0.3, 0.5, 0.9)}
@@ -46,7 +51,35 @@ def variants(grid: str) -> dict[str, tuple[str, float, float]]:
     return out
 
 
-def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int) -> dict:
+def plan(datasets: list[str], grid: str, seeds: list[int], extra: list[str]) -> list[tuple[str, str, int]]:
+    """(dataset, variant, seed) in run order: every variant at `seeds`, then the extra seeds (`data:variant:seed`)."""
+    rows = [(d, name, s) for d in datasets for name in variants(grid) for s in seeds]
+    for item in extra:
+        d, name, s = item.split(":")
+        if d not in PRESETS or name not in variants("all"):
+            raise ValueError(f"--extra {item!r}: expected dataset:variant:seed with a dataset of {sorted(PRESETS)}")
+        if (d, name, int(s)) not in rows:
+            rows.append((d, name, int(s)))
+    return rows
+
+
+def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
+    """Merge `rows` into the results file by (dataset, variant, seed), under a lock (grids run side by side)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+        key = lambda r: (r["dataset"], r["variant"], r["seed"])  # noqa: E731
+        merged = {key(r): r for r in old} | {key(r): r for r in rows}
+        order = {v: i for i, v in enumerate(variants("all"))}
+        out = sorted(merged.values(), key=lambda r: (r["dataset"], order.get(r["variant"], 99), r["seed"]))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**meta, "rows": out}, indent=2, default=str))
+        tmp.replace(path)
+
+
+def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int,
+                    latent_dim: int) -> dict:
     """Train (or resume, or skip when finished) one tokenizer variant; its summary."""
     from detok.cli.train import tokenizer_config
     from detok.cli.train import train_tokenizer as train
@@ -56,7 +89,8 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
         return json.loads(done.read_text())
     noise, gamma, mask = spec
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
-                 f"tokenizer.mask_ratio={mask}", "train.progress=false"]
+                 f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}", "train.progress=false",
+                 f"optim.warmup_epochs={WARMUP[data]}"]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)
@@ -89,9 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", default="main", choices=["main", "gamma", "mask", "all"])
     p.add_argument("--generators", default="sit,mar")
     p.add_argument("--seeds", default="0", help="seeds of every variant (comma list)")
-    p.add_argument("--extra-seeds", default="1", help="more seeds for baseline and joint (mean and spread)")
-    p.add_argument("--tok-steps", type=int, default=0, help="tokenizer steps (0 = the quickstart recipe's)")
-    p.add_argument("--gen-steps", type=int, default=250, help="steps of every generator")
+    p.add_argument("--extra", default="fashion-mnist:baseline:1,fashion-mnist:joint:1",
+                   help="more rows, dataset:variant:seed (comma list): the seeds of the mean-and-spread comparison")
+    p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 8x8x4 = 12x fewer numbers than 32x32x3")
+    p.add_argument("--tok-steps", type=int, default=300, help="tokenizer steps (0 = the quickstart recipe's 500)")
+    p.add_argument("--gen-steps", type=int, default=150, help="steps of every generator")
+    p.add_argument("--cache-images", type=int, default=10000, help="train images encoded for the generators")
     p.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="key=value")
     p.add_argument("--out", default=str(REPO / "runs" / "ablation"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "ablation.json"))
@@ -100,48 +137,51 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    evals = ["n_search=512", "n_final=2048", "cfg_scales=[1.0,1.5,2.0,3.0]", *args.eval_overrides]
+    evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
+             *args.eval_overrides]
     if args.quick:
-        args.tok_steps, args.gen_steps = args.tok_steps or 3, 2
-        evals += ["n_search=64", "n_final=64", "cfg_scales=[1.0,2.0]", "recon_images=64", "domain_steps=20"]
+        args.tok_steps, args.gen_steps = 3, 2
+        evals += ["n_search=64", "n_final=64", "cfg_scales=[1.0,2.0]", "recon_images=64", "domain_steps=20",
+                  "batch_size=64"]
         args.results = str(out / "ablation.json")
     ecfg = resolve_config(EvalConfig, ["eval_small"], evals)
     gens = [g for g in args.generators.split(",") if g]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [e for e in args.extra.split(",") if e]
+    meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "tok_steps": args.tok_steps or "recipe",
+            "latent_dim": args.latent_dim, "generators": gens}
     rows, t0 = [], time.perf_counter()
-    for data in args.data.split(","):
-        for name, spec in variants(args.grid).items():
-            seeds = [int(s) for s in args.seeds.split(",")]
-            if name in ("baseline", "joint"):
-                seeds += [int(s) for s in args.extra_seeds.split(",") if s and int(s) not in seeds]
-            for seed in seeds:
-                row_name = f"{name}-s{seed}"
-                run = out / data / row_name
-                print(f"[ablation] {data} {row_name}: tokenizer", flush=True)
-                tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps)
-                rec = tokenizer_metrics(run, ecfg)
-                tok = load_tokenizer(run)
-                data_cfg = tokenizer_data_config(str(run))
-                bench = BenchConfig(generators=gens, steps=args.gen_steps, seed=seed, eval=ecfg,
-                                    overrides=["train.progress=false", "sample.per_class=4"])
-                cache = prepare_latents(tok, str(run), data_cfg, out / data / "bench" / row_name, torch.device("cpu"),
-                                        progress=False)
-                cells = {}
-                for g in gens:
-                    print(f"[ablation] {data} {row_name}: {g}", flush=True)
-                    cell = run_cell(tok, str(run), cache, g, out / data / "bench" / row_name / g, bench, data_cfg,
-                                    row=row_name)
-                    cells[g] = {"fid": cell["fid"], "cfg": cell["cfg"], "feature_net": cell["feature_net"],
-                                "n": cell["n"], "class_accuracy": cell.get("class_accuracy"),
-                                "fid_cfg1": cell.get("fid_cfg1")}
-                write_table(out / data / "bench")
-                noise, gamma, mask = spec
-                rows.append({"dataset": data, "variant": name, "gamma": gamma, "mask_ratio": mask,
-                             "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
-                             "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
-                             "generators": cells})
-                Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.results).write_text(json.dumps({"rows": rows, "eval": vars(ecfg), "gen_steps": args.gen_steps,
-                                                          "tok_steps": args.tok_steps or "recipe"}, indent=2, default=str))
+    for data, name, seed in plan(args.data.split(","), args.grid, seeds, extra):
+        spec = variants("all")[name]
+        row_name = f"{name}-s{seed}"
+        run = out / data / row_name
+        t_row = time.perf_counter()
+        print(f"[ablation] {data} {row_name}: tokenizer", flush=True)
+        tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps, args.latent_dim)
+        rec = tokenizer_metrics(run, ecfg)
+        tok = load_tokenizer(run)
+        data_cfg = tokenizer_data_config(str(run))
+        bench = BenchConfig(generators=gens, steps=args.gen_steps, seed=seed, eval=ecfg, cache_images=args.cache_images,
+                            overrides=["train.progress=false", "sample.per_class=4"])
+        cache = prepare_latents(tok, str(run), data_cfg, out / data / "bench" / row_name, torch.device("cpu"),
+                                progress=False, max_images=bench.cache_images)
+        cells = {}
+        for g in gens:
+            print(f"[ablation] {data} {row_name}: {g}", flush=True)
+            cell = run_cell(tok, str(run), cache, g, out / data / "bench" / row_name / g, bench, data_cfg,
+                            row=row_name)
+            cells[g] = {k: cell.get(k) for k in ("fid", "cfg", "feature_net", "n", "class_accuracy", "precision",
+                                                 "recall", "search", "train_seconds", "eval_seconds", "final_loss")}
+        write_table(out / data / "bench")
+        noise, gamma, mask = spec
+        rows.append({"dataset": data, "variant": name, "gamma": gamma, "mask_ratio": mask,
+                     "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
+                     "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
+                     "generators": cells})
+        save_rows(Path(args.results), rows, meta)
+        print(f"[ablation] {data} {row_name}: done in {time.perf_counter() - t_row:.0f} s "
+              f"(rFID {rec['rfid']:.2f}, PSNR {rec['psnr']:.2f}, "
+              + ", ".join(f"{g} FID {c['fid']:.2f} @cfg {c['cfg']:g}" for g, c in cells.items()) + ")", flush=True)
     print(f"[ablation] {len(rows)} rows in {time.perf_counter() - t0:.0f} s -> {args.results}", flush=True)
 
 

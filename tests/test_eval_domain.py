@@ -176,6 +176,8 @@ def test_main_reads_the_entry(cached, monkeypatch, capsys):
 
 
 def test_training_is_deterministic(cached, tmp_path):
+    """Same seed, same weights, also when the first caller is inside no_grad (as evaluate_tokenizer is)."""
     _, first = cached
-    again = load_domain_net(TINY_DATA, TINY, cache_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        again = load_domain_net(TINY_DATA, TINY, cache_dir=tmp_path, progress=False)
     assert again.weights_sha256 == first.weights_sha256

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from detok.cli.main import main
+from detok.data.latents import LatentCache
 from detok.eval import protocol
 from detok.eval.protocol import EvalConfig, score_generator
 from detok.eval.refstats import Reference
@@ -124,13 +125,17 @@ def test_bench_table_skips_finished_cells(tiny_runs, fake_features, tmp_path, ca
             "--batch-size", "8", "--set", "sample.per_class=0", "--set", "train.progress=false",
             "--set", "generator.sample_steps=4", "--set", "generator.sampler=euler",
             "--eval", "n_search=32", "--eval", "n_final=32", "--eval", "batch_size=32",
-            "--eval", "cfg_scales=[1.0]", "--eval", "ref_images=128", "--out", str(tmp_path / "bench")]
+            "--eval", "cfg_scales=[1.0]", "--eval", "ref_images=128", "--out", str(tmp_path / "bench"),
+            "--cache-images", "40"]
     assert main(args) == 0
+    assert len(LatentCache(tmp_path / "bench" / "tok" / "latents")) == 40  # the first 40 of 256 train images
     table = json.loads((tmp_path / "bench" / "table.json").read_text())
     assert len(table["rows"]) == 1 and table["rows"][0]["generator"] == "sit"
     assert "| tok |" in (tmp_path / "bench" / "table.md").read_text()
     assert (tmp_path / "bench" / "table.png").stat().st_size > 0
     cell = Path(table["rows"][0]["cell"]) / "cell.json"
+    found = json.loads(cell.read_text())
+    assert [r["cfg"] for r in found["search"]] == [1.0] and found["eval_seconds"] > 0
     before = cell.stat().st_mtime_ns
     assert main(args) == 0  # finished cell: skipped, not retrained
     assert cell.stat().st_mtime_ns == before

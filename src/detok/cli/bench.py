@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     t.add_argument("--data", default="", help="dataset for external tokenizers (detok runs use their own)")
     t.add_argument("--root", default="", help="dataset folder for --data")
     t.add_argument("--seed", type=int, default=0, help="generator training seed")
+    t.add_argument("--cache-images", type=int, default=0,
+                   help="encode only the first N train images for the generators (0 = the whole split)")
     t.add_argument("--eval-config", action="append", default=[], metavar="YAML",
                    help="evaluation preset (default: eval_small for shapes / fashion-mnist)")
     t.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="key=value",
@@ -86,8 +88,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             presets = args.eval_config or (["eval_small"] if data_cfg.name in SMALL_DATASETS else [])
             ecfg = resolve_config(EvalConfig, presets, args.eval_overrides)
             bench = BenchConfig(generators=gens, steps=args.budget, batch_size=args.batch_size, seed=args.seed,
-                                overrides=args.gen_overrides, eval=ecfg)
-            cache = prepare_latents(tok, spec, data_cfg, out / name, info.device, progress=info.is_main)
+                                cache_images=args.cache_images, overrides=args.gen_overrides, eval=ecfg)
+            cache = prepare_latents(tok, spec, data_cfg, out / name, info.device, progress=info.is_main,
+                                    max_images=bench.cache_images)
             for g in gens:
                 cell = run_cell(tok, spec, cache, g, out / name / g, bench, data_cfg, row=name)
                 cells.append(cell)

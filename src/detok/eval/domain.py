@@ -156,6 +156,7 @@ def load_split(data_cfg: DataConfig, split: str, size: int, progress: bool = Tru
     return torch.cat(images), y, getattr(ds, "num_classes", None) or int(y.max()) + 1
 
 
+@torch.enable_grad()  # callers may be inside no_grad (evaluate_tokenizer is the first to need the net)
 def train_domain_net(
     data_cfg: DataConfig, cfg: DomainConfig | None = None, progress: bool = True, device: Any = None
 ) -> DomainNet:

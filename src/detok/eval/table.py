@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
 from detok.cli.common import write_json
 from detok.config import resolve
@@ -45,6 +46,7 @@ class BenchConfig:
     steps: int = 0  # generator training steps (0 = the preset's)
     batch_size: int = 0  # global batch (0 = the preset's)
     seed: int = 0
+    cache_images: int = 0  # encode the first N train images for the generators (0 = the whole split)
     overrides: list[str] = field(default_factory=list)  # key=value for every generator run
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -54,11 +56,15 @@ def tokenizer_has_stats(tok: Tokenizer) -> bool:
 
 
 def prepare_latents(
-    tok: Tokenizer, tok_spec: str, data_cfg: DataConfig, out: Path, device: torch.device, progress: bool = True
+    tok: Tokenizer, tok_spec: str, data_cfg: DataConfig, out: Path, device: torch.device, progress: bool = True,
+    max_images: int = 0,
 ) -> Path:
-    """The tokenizer's latent cache of the train split under OUT (reused when it matches the tokenizer)."""
+    """The tokenizer's latent cache of the train split (its first max_images, 0 = all) under OUT.
+
+    Reused when it matches the tokenizer and the data. A tokenizer without latent statistics gets them first.
+    """
     cache = out / "latents"
-    key = data_key(data_cfg, "train", 0)
+    key = data_key(data_cfg, "train", max_images)
     if (cache / "meta.json").is_file():
         found = LatentCache(cache)
         try:
@@ -73,6 +79,8 @@ def prepare_latents(
     if not tokenizer_has_stats(tok):
         mean, std = latent_stats(tok, train, device, collate=collate, progress=progress)
         tok.set_stats(mean.to(tok.latent_mean.device), std.to(tok.latent_std.device))
+    if 0 < max_images < len(train):
+        train = Subset(train, range(max_images))
     write_cache(tok, train, cache, device, source={"tokenizer": tok_spec, "data": data_cfg.name, "split": "train", "data_key": key},
                 batch_size=256, collate=collate, progress=progress)
     return cache
@@ -100,7 +108,9 @@ def run_cell(
     t0 = time.perf_counter()
     train = train_generator(cfg, resume=resume, tokenizer=tok)
     train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     metrics = evaluate_generator_run(cell_dir, bench.eval, tokenizer=tok, data_cfg=data_cfg)
+    eval_s = time.perf_counter() - t0
     cell = {
         "tokenizer_name": row or cell_dir.parent.name,
         "tokenizer": tok_spec,
@@ -110,6 +120,7 @@ def run_cell(
         "global_batch_size": cfg.train.global_batch_size,
         "seed": bench.seed,
         "train_seconds": train_s,
+        "eval_seconds": eval_s,
         "parameters_m": train["parameters_m"],
         "final_loss": train["final"].get("loss"),
         **summarize(metrics),
@@ -127,6 +138,7 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
             out[key] = best[key]
     if "cfg1" in metrics:
         out["fid_cfg1"] = metrics["cfg1"]["fid"]
+    out["search"] = [{"cfg": r["cfg"], "fid": r["fid"], "n": r["n"]} for r in metrics.get("search", [])]
     out["recipe"] = metrics["recipe"]
     return out
 
