@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"fashion-mnist": "quickstart_fashion", "shapes": "quickstart_shapes"}
 # warmup in epochs = 30 steps of batch 32 (the recipes' 0.1 epoch is 188 steps on Fashion-MNIST's 60k images)
 WARMUP = {"fashion-mnist": 0.016, "shapes": 0.048}
+STATS_IMAGES = 4096  # train images for the latent statistics (as the quickstart recipes)
 # name -> (noise, gamma, M): the paper's ablation rows, then its gamma and mask sweeps
 # (in the order they run: the baseline-vs-joint comparison first)
 MAIN = {
@@ -53,7 +54,7 @@ def variants(grid: str) -> dict[str, tuple[str, float, float]]:
 
 def plan(datasets: list[str], grid: str, seeds: list[int], extra: list[str]) -> list[tuple[str, str, int]]:
     """(dataset, variant, seed) in run order: every variant at `seeds`, then the extra seeds (`data:variant:seed`)."""
-    rows = [(d, name, s) for d in datasets for name in variants(grid) for s in seeds]
+    rows = [(d, name, s) for d in datasets if d for name in variants(grid) for s in seeds]
     for item in extra:
         d, name, s = item.split(":")
         if d not in PRESETS or name not in variants("all"):
@@ -114,6 +115,8 @@ def tokenizer_metrics(run: Path, ecfg) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from detok.cli.common import resolve_config
+    from detok.data import build_dataset, collate
+    from detok.data.latents import latent_stats
     from detok.eval.protocol import EvalConfig, tokenizer_data_config
     from detok.eval.table import BenchConfig, prepare_latents, run_cell, write_table
     from detok.tokenizers.load import load_tokenizer
@@ -127,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="more rows, dataset:variant:seed (comma list): the seeds of the mean-and-spread comparison")
     p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 8x8x4 = 12x fewer numbers than 32x32x3")
     p.add_argument("--tok-steps", type=int, default=300, help="tokenizer steps (0 = the quickstart recipe's 500)")
-    p.add_argument("--gen-steps", type=int, default=150, help="steps of every generator")
+    p.add_argument("--gen-steps", type=int, default=120, help="steps of every generator")
+    p.add_argument("--stats-of", default="sample", choices=["mean", "sample"],
+                   help="normalise latents by statistics of posterior samples (default) or means (upstream)")
     p.add_argument("--cache-images", type=int, default=10000, help="train images encoded for the generators")
     p.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="key=value")
     p.add_argument("--out", default=str(REPO / "runs" / "ablation"))
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
+    evals = ["n_search=256", "n_final=256", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
              *args.eval_overrides]
     if args.quick:
         args.tok_steps, args.gen_steps = 3, 2
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
     meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "tok_steps": args.tok_steps or "recipe",
-            "latent_dim": args.latent_dim, "generators": gens}
+            "latent_dim": args.latent_dim, "generators": gens, "stats_of": args.stats_of}
     rows, t0 = [], time.perf_counter()
     for data, name, seed in plan(args.data.split(","), args.grid, seeds, extra):
         spec = variants("all")[name]
@@ -161,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         rec = tokenizer_metrics(run, ecfg)
         tok = load_tokenizer(run)
         data_cfg = tokenizer_data_config(str(run))
+        # generators see posterior samples: normalise by their statistics (a 300-step tokenizer's posterior noise
+        # is still large; scaled by the means' std it would be noise of std ~3 in a low-signal channel)
+        train_set = build_dataset(data_cfg, "train")
+        tok.set_stats(*latent_stats(tok, train_set, torch.device("cpu"), max_images=STATS_IMAGES, collate=collate,
+                                    progress=False, of=args.stats_of))
         bench = BenchConfig(generators=gens, steps=args.gen_steps, seed=seed, eval=ecfg, cache_images=args.cache_images,
                             overrides=["train.progress=false", "sample.per_class=4"])
         cache = prepare_latents(tok, str(run), data_cfg, out / data / "bench" / row_name, torch.device("cpu"),

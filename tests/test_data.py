@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -427,3 +428,39 @@ def test_data_config_from_dict():
         from_dict(DataConfig, {"bad_images": "ignore"})
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset(DataConfig(name="cifar"))  # type: ignore[arg-type]
+
+
+class _MomentsTokenizer(torch.nn.Module):
+    """encode_moments = fixed per-image means (from the image) and a fixed per-channel log-variance."""
+
+    latent_channels = 2
+
+    def __init__(self, logvar: tuple[float, float]) -> None:
+        super().__init__()
+        self.logvar = torch.tensor(logvar)
+
+    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images[:, :2, :2, :2] * torch.tensor([3.0, 0.1])[:, None, None]  # (B, 2, 2, 2)
+        logvar = self.logvar[None, :, None, None].expand_as(mean)
+        return torch.cat([mean, logvar], 1)  # (B, 4, 2, 2)
+
+
+def test_latent_stats_of_means_and_of_samples():
+    from detok.data.latents import latent_stats
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 3, 4, 4, generator=g)
+    data = [{"image": x, "label": 0} for x in images]
+    tok = _MomentsTokenizer((math.log(0.25), math.log(4.0)))
+    collate = lambda items: {"image": torch.stack([i["image"] for i in items])}  # noqa: E731
+    mean, std = latent_stats(tok, data, torch.device("cpu"), batch_size=16, collate=collate, progress=False)
+    means = tok.encode_moments(images)[:, :2].transpose(0, 1).reshape(2, -1).double()  # (C, B*h*w)
+    torch.testing.assert_close(mean, means.mean(1).float())
+    torch.testing.assert_close(std, means.std(1, unbiased=False).float())
+    mean_s, std_s = latent_stats(tok, data, torch.device("cpu"), batch_size=16, collate=collate, progress=False,
+                                 of="sample")
+    torch.testing.assert_close(mean_s, mean)
+    # posterior variance added per channel: a noisy low-signal channel (the second) is not scaled to std >> 1
+    torch.testing.assert_close(std_s, (std.double().pow(2) + torch.tensor([0.25, 4.0], dtype=torch.float64)).sqrt().float())
+    with pytest.raises(ValueError, match="'mean' \\(upstream\\) or 'sample'"):
+        latent_stats(tok, data, torch.device("cpu"), collate=collate, progress=False, of="moments")

@@ -47,6 +47,8 @@ def tokenizer_config(model: str | None, presets: list[str], overrides: list[str]
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
     """Train, compute latent statistics (EMA weights), save, reconstruct held-out images; returns the summary."""
+    if cfg.stats_of not in ("mean", "sample"):
+        raise ValueError(f"stats_of={cfg.stats_of!r}: choose 'mean' (upstream) or 'sample'")
     torch.manual_seed(cfg.train.seed)  # initial weights (incl. random-init perceptual nets) follow the seed
     model = DeTok(cfg.tokenizer)
     if cfg.init_from:
@@ -63,7 +65,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
     run_dir = Path(cfg.train.out_dir)
     hooks = []
     if cfg.probe.every_epochs > 0:
-        hooks.append(GenerationProbe(cfg.probe, data_cfg, train_set, run_dir, max(1, round(cfg.probe.every_epochs * spe))))
+        hooks.append(GenerationProbe(cfg.probe, data_cfg, train_set, run_dir, max(1, round(cfg.probe.every_epochs * spe)),
+                                     stats_of=cfg.stats_of))
     trainer = Trainer(
         task, cfg.train, cfg.optim, kind="tokenizer", config=to_dict(cfg), collate=collate,
         num_workers=data_cfg.num_workers, hooks=hooks,
@@ -74,7 +77,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
     def on_train_end(tr: Trainer) -> None:
         ema_model = tr.ema_copy()
         mean, std = latent_stats(
-            ema_model, train_set, tr.device, max_images=cfg.stats_images, collate=collate,
+            ema_model, train_set, tr.device, max_images=cfg.stats_images, collate=collate, of=cfg.stats_of,
             progress=cfg.train.progress and tr.info.is_main,
         )
         model.set_stats(mean, std)

@@ -44,25 +44,37 @@ def latent_stats(
     max_images: int = 0,
     collate=None,
     progress: bool = True,
+    of: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (C,) of posterior means over the dataset (no flips), float64 sums, all ranks."""
+    """Per-channel mean and std (C,) over the dataset (no flips), float64 sums, all ranks.
+
+    of="mean": statistics of the posterior means (upstream l-DeTok). of="sample": of the posterior samples the
+    generators train on; same mean, variance var(mean) + E[posterior variance], so that a channel whose
+    posterior noise dwarfs its signal (an under-trained or collapsed channel) is not scaled up to noise of std >> 1.
+    """
+    if of not in ("mean", "sample"):
+        raise ValueError(f"latent stats of {of!r}: choose 'mean' (upstream) or 'sample'")
     tokenizer.eval()
     c = tokenizer.latent_channels
-    acc = torch.zeros(3, c, dtype=torch.float64, device=device)  # count, sum, sum of squares
+    acc = torch.zeros(4, c, dtype=torch.float64, device=device)  # count, sum, sum of squares, sum of variances
     seen = 0
     for batch in tqdm(
         _loader(dataset, batch_size, num_workers, collate), desc="latent stats", disable=not progress
     ):
-        z = tokenizer.encode(batch["image"].to(device)).double()  # (B, C, h, w)
+        post = DiagonalGaussian(tokenizer.encode_moments(batch["image"].to(device)).double())
+        z = post.mean  # (B, C, h, w)
         acc[0] += z.shape[0] * z.shape[2] * z.shape[3]
         acc[1] += z.sum((0, 2, 3))
         acc[2] += z.pow(2).sum((0, 2, 3))
+        acc[3] += post.logvar.exp().sum((0, 2, 3))
         seen += z.shape[0]
         if max_images and seen >= max_images:
             break
     dist.all_reduce_sum(acc)
     mean = acc[1] / acc[0]
     var = (acc[2] / acc[0] - mean.pow(2)).clamp_min(1e-12)
+    if of == "sample":
+        var = var + acc[3] / acc[0]
     return mean.float().cpu(), var.sqrt().float().cpu()
 
 

@@ -46,8 +46,9 @@ class ProbeConfig:
 class GenerationProbe:
     """Trainer hook (see detok.engine.trainer.Hook) logging a generation-FID estimate of the live tokenizer."""
 
-    def __init__(self, cfg: ProbeConfig, data_cfg: DataConfig, train_set, run_dir: Path, every: int) -> None:
-        self.cfg, self.data_cfg, self.train_set = cfg, data_cfg, train_set
+    def __init__(self, cfg: ProbeConfig, data_cfg: DataConfig, train_set, run_dir: Path, every: int,
+                 stats_of: str = "mean") -> None:
+        self.cfg, self.data_cfg, self.train_set, self.stats_of = cfg, data_cfg, train_set, stats_of
         self.run_dir, self.every = Path(run_dir), every
 
     def __call__(self, trainer, step: int) -> dict[str, float]:
@@ -65,7 +66,7 @@ class GenerationProbe:
         out = self.run_dir / "probe" / f"step-{step:07d}"
         tok = trainer.ema_copy().to(trainer.device).eval()
         subset = Subset(self.train_set, range(min(cfg.images, len(self.train_set))))
-        mean, std = latent_stats(tok, subset, trainer.device, collate=collate, progress=False)
+        mean, std = latent_stats(tok, subset, trainer.device, collate=collate, progress=False, of=self.stats_of)
         tok.set_stats(mean.to(trainer.device), std.to(trainer.device))
         write_cache(tok, subset, out / "latents", trainer.device, collate=collate, progress=False, batch_size=256,
                     source={"tokenizer": f"{self.run_dir} (EMA at step {step})", "data": self.data_cfg.name})

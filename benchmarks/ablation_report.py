@@ -1,0 +1,149 @@
+"""Tables and plots of the l-DeTok ablation from docs/results/ablation.json (written by benchmarks/ablation.py).
+
+    python benchmarks/ablation_report.py            # -> docs/results/ablation.md, ablation_fid.png, ablation_recon_vs_gen.png
+
+Rows with several seeds are reported as mean +- sample standard deviation (and n); the tables are pasted into
+docs/RESULTS.md, whose verdicts cite them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(dataset, variant) -> its rows (one per seed), in file order."""
+    out: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        out[(r["dataset"], r["variant"])].append(r)
+    return out
+
+
+def stat(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std or 0 for one value, n)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    mean, std, n = stat(values)
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def generator_names(rows: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        names += [g for g in r["generators"] if g not in names]
+    return names
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    gens = generator_names(rows)
+    groups = group(rows)
+    lines = []
+    for data in dict.fromkeys(r["dataset"] for r in rows):
+        lines += [f"### {data}", "",
+                  "| tokenizer | noise | γ | M | rFID ↓ | PSNR ↑ | " + " | ".join(f"{g.upper()} FID ↓ (cfg)" for g in gens)
+                  + " |", "|" + "---|" * (6 + len(gens))]
+        for (d, variant), rs in groups.items():
+            if d != data:
+                continue
+            r0 = rs[0]
+            cells = []
+            for g in gens:
+                fids = [r["generators"][g]["fid"] for r in rs if g in r["generators"]]
+                cfgs = sorted({r["generators"][g]["cfg"] for r in rs if g in r["generators"]})
+                cells.append(f"{fmt(fids)} ({'/'.join(f'{c:g}' for c in cfgs)})" if fids else "–")
+            lines.append(f"| {variant} | {r0['noise']} | {r0['gamma']:g} | {r0['mask_ratio']:g} | "
+                         f"{fmt([r['rfid'] for r in rs], 2)} | {fmt([r['psnr'] for r in rs], 2)} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    ev = meta.get("eval", {})
+    lines.append(f"Tokenizer {meta.get('tok_steps')} steps, latent 8x8x{meta.get('latent_dim')}; generators "
+                 f"{meta.get('gen_steps')} steps each; FID: {ev.get('feature_net')} features, CFG search over "
+                 f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')} samples at the "
+                 f"best scale; rFID / PSNR on {ev.get('recon_images')} val images.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fid(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens, groups = generator_names(rows), group(rows)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6), squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        variants = [v for (d, v) in groups if d == data]
+        width = 0.8 / max(1, len(gens))
+        for j, g in enumerate(gens):
+            means, errs = [], []
+            for v in variants:
+                fids = [r["generators"][g]["fid"] for r in groups[(data, v)] if g in r["generators"]]
+                m, s, _ = stat(fids) if fids else (float("nan"), 0.0, 0)
+                means.append(m)
+                errs.append(s)
+            xs = [i + (j - (len(gens) - 1) / 2) * width for i in range(len(variants))]
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=g.upper())
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+        ax.set_ylabel("domain FID (lower is better)")
+        ax.set_title(data)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_recon_vs_gen(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = generator_names(rows)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.0 * len(datasets), 3.8), squeeze=False)
+    markers = "os^Dv<>"
+    for ax, data in zip(axes[0], datasets):
+        for j, g in enumerate(gens):
+            pts = [(r["rfid"], r["generators"][g]["fid"], f"{r['variant']}-s{r['seed']}") for r in rows
+                   if r["dataset"] == data and g in r["generators"]]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[j % len(markers)], label=g.upper())
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel("rFID (reconstruction)")
+        ax.set_ylabel("generation FID")
+        ax.set_title(data)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(REPO / "docs" / "results" / "ablation.json"))
+    args = p.parse_args(argv)
+    src = Path(args.results)
+    data = json.loads(src.read_text())
+    rows = data["rows"]
+    if not rows:
+        raise SystemExit(f"{src} has no rows yet: run benchmarks/ablation.py first")
+    md = src.with_suffix(".md")
+    md.write_text(markdown(rows, data))
+    plot_fid(rows, src.with_name(src.stem + "_fid.png"))
+    plot_recon_vs_gen(rows, src.with_name(src.stem + "_recon_vs_gen.png"))
+    print(md.read_text())
+    print(f"-> {md}, {src.stem}_fid.png, {src.stem}_recon_vs_gen.png")
+
+
+if __name__ == "__main__":
+    main()
