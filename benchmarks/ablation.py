@@ -80,7 +80,7 @@ def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
 
 
 def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int,
-                    latent_dim: int) -> dict:
+                    latent_dim: int, image_size: int) -> dict:
     """Train (or resume, or skip when finished) one tokenizer variant; its summary."""
     from detok.cli.train import tokenizer_config
     from detok.cli.train import train_tokenizer as train
@@ -90,7 +90,7 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
         return json.loads(done.read_text())
     noise, gamma, mask = spec
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
-                 f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}", "train.progress=false",
+                 f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}", f"tokenizer.image_size={image_size}", "train.progress=false",
                  f"optim.warmup_epochs={WARMUP[data]}"]
     if steps:
         overrides.append(f"train.max_steps={steps}")
@@ -128,21 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0", help="seeds of every variant (comma list)")
     p.add_argument("--extra", default="fashion-mnist:baseline:1,fashion-mnist:joint:1",
                    help="more rows, dataset:variant:seed (comma list): the seeds of the mean-and-spread comparison")
-    p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 8x8x4 = 12x fewer numbers than 32x32x3")
-    p.add_argument("--tok-steps", type=int, default=300, help="tokenizer steps (0 = the quickstart recipe's 500)")
-    p.add_argument("--gen-steps", type=int, default=120, help="steps of every generator")
+    p.add_argument("--image-size", type=int, default=16,
+                   help="pixels per side (patch 4: a 4x4 latent grid at 16 px, 8x8 at the recipes' 32 px)")
+    p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 4x4x4 = 12x fewer numbers than 16x16x3")
+    p.add_argument("--tok-steps", type=int, default=1000, help="tokenizer steps (0 = the quickstart recipe's 500)")
+    p.add_argument("--gen-steps", type=int, default=300, help="steps of every generator")
     p.add_argument("--stats-of", default="sample", choices=["mean", "sample"],
                    help="normalise latents by statistics of posterior samples (default) or means (upstream)")
     p.add_argument("--cache-images", type=int, default=10000, help="train images encoded for the generators")
     p.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="key=value")
-    p.add_argument("--out", default=str(REPO / "runs" / "ablation"))
+    p.add_argument("--out", default=str(REPO / "runs" / "ablation16"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "ablation.json"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="3 tokenizer / 2 generator steps, 64 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    evals = ["n_search=256", "n_final=256", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
+    evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
              *args.eval_overrides]
     if args.quick:
         args.tok_steps, args.gen_steps = 3, 2
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
     meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "tok_steps": args.tok_steps or "recipe",
-            "latent_dim": args.latent_dim, "generators": gens, "stats_of": args.stats_of}
+            "latent_dim": args.latent_dim, "image_size": args.image_size, "generators": gens, "stats_of": args.stats_of}
     rows, t0 = [], time.perf_counter()
     for data, name, seed in plan(args.data.split(","), args.grid, seeds, extra):
         spec = variants("all")[name]
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         run = out / data / row_name
         t_row = time.perf_counter()
         print(f"[ablation] {data} {row_name}: tokenizer", flush=True)
-        tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps, args.latent_dim)
+        tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps, args.latent_dim, args.image_size)
         rec = tokenizer_metrics(run, ecfg)
         tok = load_tokenizer(run)
         data_cfg = tokenizer_data_config(str(run))

@@ -65,10 +65,64 @@ def markdown(rows: list[dict], meta: dict) -> str:
                          + " | ".join(cells) + " |")
         lines.append("")
     ev = meta.get("eval", {})
-    lines.append(f"Tokenizer {meta.get('tok_steps')} steps, latent 8x8x{meta.get('latent_dim')}; generators "
+    grid = int(meta.get("image_size", 32)) // 4  # patch 4
+    lines.append(f"Tokenizer {meta.get('tok_steps')} steps at {meta.get('image_size', 32)} px, latent "
+                 f"{grid}x{grid}x{meta.get('latent_dim')}; generators "
                  f"{meta.get('gen_steps')} steps each; FID: {ev.get('feature_net')} features, CFG search over "
                  f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')} samples at the "
                  f"best scale; rFID / PSNR on {ev.get('recon_images')} val images.")
+    return "\n".join(lines) + "\n"
+
+
+# claim -> (variant, compared with): each the paper's ablation (reference-ldetok.md section 10.3)
+CLAIMS = {
+    "latent noise helps": ("noise", "baseline"),
+    "masking helps": ("mask", "baseline"),
+    "joint (noise + mask) helps": ("joint", "baseline"),
+    "interpolative beats additive noise": ("noise", "additive"),
+}
+
+
+def mean_fid(groups: dict, data: str, variant: str, gen: str) -> float | None:
+    fids = [r["generators"][gen]["fid"] for r in groups.get((data, variant), []) if gen in r["generators"]]
+    return statistics.fmean(fids) if fids else None
+
+
+def claims(rows: list[dict]) -> str:
+    """Relative FID change of each claim's variant against its comparison, per dataset and generator."""
+    gens, groups = generator_names(rows), group(rows)
+    lines = ["| claim | dataset | " + " | ".join(f"{g.upper()} FID: from → to (Δ%)" for g in gens) + " |",
+             "|" + "---|" * (2 + len(gens))]
+    for claim, (a, b) in CLAIMS.items():
+        for data in dict.fromkeys(r["dataset"] for r in rows):
+            cells = []
+            for g in gens:
+                fa, fb = mean_fid(groups, data, a, g), mean_fid(groups, data, b, g)
+                cells.append("–" if fa is None or fb is None else f"{fb:.1f} → {fa:.1f} ({100 * (fa - fb) / fb:+.0f}%)")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {claim} ({b} → {a}) | {data} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rank_correlations(rows: list[dict]) -> str:
+    """Spearman rank correlation of rFID and of -PSNR with each generator's FID over a dataset's tokenizers."""
+    from scipy.stats import spearmanr
+
+    gens = generator_names(rows)
+    lines = ["| dataset | tokenizers | " + " | ".join(f"{g.upper()}: ρ(rFID, FID) / ρ(−PSNR, FID)" for g in gens) + " |",
+             "|" + "---|" * (2 + len(gens))]
+    for data in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == data]
+        cells = []
+        for g in gens:
+            pts = [(r["rfid"], -r["psnr"], r["generators"][g]["fid"]) for r in rs if g in r["generators"]]
+            if len(pts) < 3:
+                cells.append("–")
+                continue
+            rho_r = spearmanr([p[0] for p in pts], [p[2] for p in pts])[0]
+            rho_p = spearmanr([p[1] for p in pts], [p[2] for p in pts])[0]
+            cells.append(f"{rho_r:+.2f} / {rho_p:+.2f}")
+        lines.append(f"| {data} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"{src} has no rows yet: run benchmarks/ablation.py first")
     md = src.with_suffix(".md")
-    md.write_text(markdown(rows, data))
+    md.write_text(markdown(rows, data) + "\n#### Claims\n\n" + claims(rows)
+                  + "\n#### Reconstruction vs generation (Spearman ρ over tokenizers; +1 = better recon, better FID)\n\n"
+                  + rank_correlations(rows))
     plot_fid(rows, src.with_name(src.stem + "_fid.png"))
     plot_recon_vs_gen(rows, src.with_name(src.stem + "_recon_vs_gen.png"))
     print(md.read_text())
