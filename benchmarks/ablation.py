@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"fashion-mnist": "quickstart_fashion", "shapes": "quickstart_shapes"}
 # warmup in epochs = 30 steps of batch 32 (the recipes' 0.1 epoch is 188 steps on Fashion-MNIST's 60k images)
 WARMUP = {"fashion-mnist": 0.016, "shapes": 0.048}
+DEFAULT_TOK_STEPS = 1000
 STATS_IMAGES = 4096  # train images for the latent statistics (as the quickstart recipes)
 # name -> (noise, gamma, M): the paper's ablation rows, then its gamma and mask sweeps
 # (in the order they run: the baseline-vs-joint comparison first)
@@ -70,10 +71,11 @@ def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-        key = lambda r: (r["dataset"], r["variant"], r["seed"])  # noqa: E731
+        key = lambda r: (r["dataset"], r["variant"], r["seed"], r.get("tok_steps"))  # noqa: E731
         merged = {key(r): r for r in old} | {key(r): r for r in rows}
         order = {v: i for i, v in enumerate(variants("all"))}
-        out = sorted(merged.values(), key=lambda r: (r["dataset"], order.get(r["variant"], 99), r["seed"]))
+        out = sorted(merged.values(), key=lambda r: (r["dataset"], r.get("tok_steps") or 0,
+                                                      order.get(r["variant"], 99), r["seed"]))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**meta, "rows": out}, indent=2, default=str))
         tmp.replace(path)
@@ -113,6 +115,52 @@ def tokenizer_metrics(run: Path, ecfg) -> dict:
     return res
 
 
+@torch.no_grad()
+def robustness(run: Path, ecfg, sigmas: tuple[float, ...] = (0.0, 0.5, 1.0), n: int = 1000) -> dict:
+    """How each decoder takes perturbed latents, the mechanism the paper credits: decode(z + sigma * eps) for the
+    normalised posterior means z of n val images (sigma in units of the latent std), scored against the clean
+    images by PSNR and by the domain FID."""
+    from detok.data import build_dataset
+    from detok.eval.metrics import FID
+    from detok.eval.protocol import feature_net_for, tokenizer_data_config
+    from detok.eval.recon import to_uint8
+    from detok.tokenizers.load import load_tokenizer
+
+    tok = load_tokenizer(run).eval()
+    data_cfg = tokenizer_data_config(str(run))
+    net = feature_net_for(ecfg.feature_net, data_cfg, torch.device("cpu"), ecfg.domain_steps, False)
+    val = build_dataset(data_cfg, "val")
+    x = torch.stack([val[i]["image"] for i in range(min(n, len(val)))])  # (n, 3, S, S) in [-1, 1]
+    clean = FID(net)
+    clean.update(to_uint8(x))
+    reference = clean.statistics()
+    z = tok.normalize(tok.encode(x))  # (n, C, h, w), unit variance per channel
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for sigma in sigmas:
+        y = tok.decode(tok.denormalize(z + sigma * torch.randn(z.shape, generator=g))).clamp(-1, 1)
+        mse = (y - x).pow(2).flatten(1).mean(1)  # (n,) in [-1, 1] units: peak-to-peak 2
+        fid = FID(net, reference)
+        fid.update(to_uint8(y))
+        out[f"{sigma:g}"] = {"psnr": float((10 * torch.log10(4 / mse.clamp_min(1e-10))).mean()),
+                             "fid": float(fid.compute()["fid"])}
+    return out
+
+
+def fill_robustness(results: Path, out: Path, ecfg) -> None:
+    """Robustness of every tokenizer in the results file, cached in ablation_robustness.json (by run name)."""
+    path = results.with_name(results.stem + "_robustness.json")
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for r in json.loads(results.read_text())["rows"]:
+        steps = r.get("tok_steps") or DEFAULT_TOK_STEPS
+        name = f"{r['dataset']}/{r['variant']}-s{r['seed']}" + (f"-t{steps}" if steps != DEFAULT_TOK_STEPS else "")
+        if name in done:
+            continue
+        print(f"[ablation] robustness {name}", flush=True)
+        done[name] = robustness(out / name, ecfg)
+        path.write_text(json.dumps(done, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     from detok.cli.common import resolve_config
     from detok.data import build_dataset, collate
@@ -131,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=16,
                    help="pixels per side (patch 4: a 4x4 latent grid at 16 px, 8x8 at the recipes' 32 px)")
     p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 4x4x4 = 12x fewer numbers than 16x16x3")
-    p.add_argument("--tok-steps", type=int, default=1000, help="tokenizer steps (0 = the quickstart recipe's 500)")
+    p.add_argument("--tok-steps", type=int, default=DEFAULT_TOK_STEPS, help="tokenizer steps (0 = the recipe's 500)")
     p.add_argument("--gen-steps", type=int, default=300, help="steps of every generator")
     p.add_argument("--stats-of", default="sample", choices=["mean", "sample"],
                    help="normalise latents by statistics of posterior samples (default) or means (upstream)")
@@ -140,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(REPO / "runs" / "ablation16"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "ablation.json"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--robustness", action="store_true",
+                   help="only score how each finished tokenizer decodes perturbed latents (ablation_robustness.json)")
     p.add_argument("--quick", action="store_true", help="3 tokenizer / 2 generator steps, 64 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,15 +202,19 @@ def main(argv: list[str] | None = None) -> None:
                   "batch_size=64"]
         args.results = str(out / "ablation.json")
     ecfg = resolve_config(EvalConfig, ["eval_small"], evals)
+    if args.robustness:
+        fill_robustness(Path(args.results), out, ecfg)
+        return
     gens = [g for g in args.generators.split(",") if g]
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
-    meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "tok_steps": args.tok_steps or "recipe",
+    meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "default_tok_steps": DEFAULT_TOK_STEPS,
             "latent_dim": args.latent_dim, "image_size": args.image_size, "generators": gens, "stats_of": args.stats_of}
     rows, t0 = [], time.perf_counter()
     for data, name, seed in plan(args.data.split(","), args.grid, seeds, extra):
         spec = variants("all")[name]
-        row_name = f"{name}-s{seed}"
+        # a tokenizer budget other than the grid's is its own run (the budget check of the same variants)
+        row_name = f"{name}-s{seed}" + (f"-t{args.tok_steps}" if args.tok_steps != DEFAULT_TOK_STEPS else "")
         run = out / data / row_name
         t_row = time.perf_counter()
         print(f"[ablation] {data} {row_name}: tokenizer", flush=True)
@@ -186,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  "recall", "search", "train_seconds", "eval_seconds", "final_loss")}
         write_table(out / data / "bench")
         noise, gamma, mask = spec
-        rows.append({"dataset": data, "variant": name, "gamma": gamma, "mask_ratio": mask,
+        rows.append({"dataset": data, "variant": name, "tok_steps": args.tok_steps, "gamma": gamma, "mask_ratio": mask,
                      "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
                      "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
                      "generators": cells})

@@ -17,11 +17,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def label(r: dict, default_steps: int) -> str:
+    """A row's tokenizer name: its variant, with its tokenizer steps when they are not the grid's."""
+    steps = r.get("tok_steps") or default_steps
+    return r["variant"] if steps == default_steps else f"{r['variant']} @{steps}"
+
+
 def group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(dataset, variant) -> its rows (one per seed), in file order."""
+    """(dataset, label) -> its rows (one per seed), in file order."""
     out: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        out[(r["dataset"], r["variant"])].append(r)
+        out[(r["dataset"], r["label"])].append(r)
     return out
 
 
@@ -80,6 +86,7 @@ CLAIMS = {
     "masking helps": ("mask", "baseline"),
     "joint (noise + mask) helps": ("joint", "baseline"),
     "interpolative beats additive noise": ("noise", "additive"),
+    "joint helps, 3x the tokenizer budget": ("joint @3000", "baseline @3000"),
 }
 
 
@@ -126,6 +133,20 @@ def rank_correlations(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def robustness_table(rows: list[dict], robust: dict) -> str:
+    """PSNR / domain FID of decode(z + sigma * eps) against the clean images, per tokenizer run."""
+    if not robust:
+        return ""
+    sigmas = sorted({k for v in robust.values() for k in v}, key=float)
+    lines = ["| tokenizer | " + " | ".join(f"σ={s}: PSNR / FID" for s in sigmas) + " | PSNR drop at σ=1 |",
+             "|" + "---|" * (2 + len(sigmas))]
+    for name, res in robust.items():
+        cells = [f"{res[s]['psnr']:.1f} / {res[s]['fid']:.1f}" if s in res else "–" for s in sigmas]
+        drop = res["0"]["psnr"] - res["1"]["psnr"] if "0" in res and "1" in res else float("nan")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {drop:.1f} dB |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_fid(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -168,7 +189,7 @@ def plot_recon_vs_gen(rows: list[dict], path: Path) -> None:
     markers = "os^Dv<>"
     for ax, data in zip(axes[0], datasets):
         for j, g in enumerate(gens):
-            pts = [(r["rfid"], r["generators"][g]["fid"], f"{r['variant']}-s{r['seed']}") for r in rows
+            pts = [(r["rfid"], r["generators"][g]["fid"], f"{r['label']}-s{r['seed']}") for r in rows
                    if r["dataset"] == data and g in r["generators"]]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[j % len(markers)], label=g.upper())
             for x, y, name in pts:
@@ -189,12 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     src = Path(args.results)
     data = json.loads(src.read_text())
     rows = data["rows"]
+    for r in rows:
+        r["label"] = label(r, data.get("default_tok_steps", 1000))
     if not rows:
         raise SystemExit(f"{src} has no rows yet: run benchmarks/ablation.py first")
+    robust_path = src.with_name(src.stem + "_robustness.json")
+    robust = json.loads(robust_path.read_text()) if robust_path.is_file() else {}
     md = src.with_suffix(".md")
     md.write_text(markdown(rows, data) + "\n#### Claims\n\n" + claims(rows)
                   + "\n#### Reconstruction vs generation (Spearman ρ over tokenizers; +1 = better recon, better FID)\n\n"
-                  + rank_correlations(rows))
+                  + rank_correlations(rows)
+                  + "\n#### Decoding perturbed latents (val images; σ in latent std units)\n\n" + robustness_table(rows, robust))
     plot_fid(rows, src.with_name(src.stem + "_fid.png"))
     plot_recon_vs_gen(rows, src.with_name(src.stem + "_recon_vs_gen.png"))
     print(md.read_text())
