@@ -72,7 +72,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append("")
     ev = meta.get("eval", {})
     grid = int(meta.get("image_size", 32)) // 4  # patch 4
-    lines.append(f"Tokenizer {meta.get('tok_steps')} steps at {meta.get('image_size', 32)} px, latent "
+    lines.append(f"Tokenizer {meta.get('default_tok_steps', meta.get('tok_steps'))} steps (unless marked @steps) at {meta.get('image_size', 32)} px, latent "
                  f"{grid}x{grid}x{meta.get('latent_dim')}; generators "
                  f"{meta.get('gen_steps')} steps each; FID: {ev.get('feature_net')} features, CFG search over "
                  f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')} samples at the "
