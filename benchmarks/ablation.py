@@ -1,7 +1,8 @@
 """The l-DeTok ablation at CPU scale, with detok's own commands: does latent denoising make generators better?
 
-For each dataset and tokenizer variant (and seed): train a tokenizer with the quickstart recipe and only the
-corruption changed, score its reconstructions, then train each generator on its latents under one budget
+For each dataset and tokenizer variant (and seed): train a tokenizer with the quickstart recipe at the study's
+size (16 px, 4x4x4 latents, 1000 steps) and only the corruption changed, score its reconstructions, normalise
+its latents by posterior-sample statistics, then train each generator on its latents under one budget
 (`detok bench tokenizer`'s cells: same recipe, same steps) and score them with the domain-classifier FID
 after a CFG search. Everything is cached on disk: finished tokenizers, evaluations and cells are skipped and
 unfinished runs resume, so the grid can be stopped and continued.
@@ -12,7 +13,8 @@ unfinished runs resume, so the grid can be stopped and continued.
     python benchmarks/ablation.py --quick --out /tmp/abl     # smoke test: a few steps per run
 
 Outputs: OUT/<dataset>/<variant>-s<seed>/ (tokenizer run), OUT/<dataset>/bench/ (generator cells and the
-tokenizer x generator table), docs/results/ablation.json (one row per dataset x variant x seed).
+tokenizer x generator table), docs/results/ablation.json (one row per dataset x variant x seed x tokenizer
+steps); `--robustness` adds docs/results/ablation_robustness.json; benchmarks/ablation_report.py draws them.
 """
 
 from __future__ import annotations
@@ -71,11 +73,10 @@ def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-        key = lambda r: (r["dataset"], r["variant"], r["seed"], r.get("tok_steps"))  # noqa: E731
+        key = lambda r: (r["dataset"], r["variant"], r["seed"], r["tok_steps"])  # noqa: E731
         merged = {key(r): r for r in old} | {key(r): r for r in rows}
         order = {v: i for i, v in enumerate(variants("all"))}
-        out = sorted(merged.values(), key=lambda r: (r["dataset"], r.get("tok_steps") or 0,
-                                                      order.get(r["variant"], 99), r["seed"]))
+        out = sorted(merged.values(), key=lambda r: (r["dataset"], r["tok_steps"], order[r["variant"]], r["seed"]))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**meta, "rows": out}, indent=2, default=str))
         tmp.replace(path)
@@ -92,8 +93,8 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
         return json.loads(done.read_text())
     noise, gamma, mask = spec
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
-                 f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}", f"tokenizer.image_size={image_size}", "train.progress=false",
-                 f"optim.warmup_epochs={WARMUP[data]}"]
+                 f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
+                 f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}"]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)

@@ -147,16 +147,30 @@ def robustness_table(rows: list[dict], robust: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_fid(rows: list[dict], path: Path) -> None:
+def per_dataset_figure(rows: list[dict], width: float, height: float):
+    """One panel per dataset: (figure, [(axes, dataset)])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gens, groups = generator_names(rows), group(rows)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6), squeeze=False)
-    for ax, data in zip(axes[0], datasets):
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width * len(datasets), height), squeeze=False)
+    return fig, list(zip(axes[0], datasets))
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_fid(rows: list[dict], path: Path) -> None:
+    gens, groups = generator_names(rows), group(rows)
+    fig, panels = per_dataset_figure(rows, 5.5, 3.6)
+    for ax, data in panels:
         variants = [v for (d, v) in groups if d == data]
         width = 0.8 / max(1, len(gens))
         for j, g in enumerate(gens):
@@ -172,22 +186,14 @@ def plot_fid(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("domain FID (lower is better)")
         ax.set_title(data)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_recon_vs_gen(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     gens = generator_names(rows)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.0 * len(datasets), 3.8), squeeze=False)
+    fig, panels = per_dataset_figure(rows, 5.0, 3.8)
     markers = "os^Dv<>"
-    for ax, data in zip(axes[0], datasets):
+    for ax, data in panels:
         for j, g in enumerate(gens):
             pts = [(r["rfid"], r["generators"][g]["fid"], f"{r['label']}-s{r['seed']}") for r in rows
                    if r["dataset"] == data and g in r["generators"]]
@@ -198,9 +204,7 @@ def plot_recon_vs_gen(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("generation FID")
         ax.set_title(data)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

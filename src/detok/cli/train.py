@@ -47,8 +47,6 @@ def tokenizer_config(model: str | None, presets: list[str], overrides: list[str]
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
     """Train, compute latent statistics (EMA weights), save, reconstruct held-out images; returns the summary."""
-    if cfg.stats_of not in ("mean", "sample"):
-        raise ValueError(f"stats_of={cfg.stats_of!r}: choose 'mean' (upstream) or 'sample'")
     torch.manual_seed(cfg.train.seed)  # initial weights (incl. random-init perceptual nets) follow the seed
     model = DeTok(cfg.tokenizer)
     if cfg.init_from:

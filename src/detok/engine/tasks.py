@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class TokenizerRunConfig:
     decoder_only: bool = field(default=False, metadata={"help": "freeze the encoder (decoder fine-tuning)"})
     init_from: str = field(default="", metadata={"help": "initialise weights (EMA) from a detok checkpoint"})
     stats_images: int = field(default=0, metadata={"help": "images for latent statistics at the end; 0 = all"})
-    stats_of: str = field(default="mean", metadata={
+    stats_of: Literal["mean", "sample"] = field(default="mean", metadata={
         "help": "latent statistics of posterior 'mean's (upstream) or of posterior 'sample's (what generators see)"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # generation-FID estimate during training (off)
 
