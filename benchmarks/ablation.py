@@ -104,7 +104,8 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
 
 def tokenizer_metrics(run: Path, ecfg) -> dict:
     """rFID / PSNR / SSIM of a tokenizer (cached in RUN/metrics.json)."""
-    from detok.eval.protocol import _merge_metrics, evaluate_tokenizer, tokenizer_data_config
+    from detok.eval.protocol import evaluate_tokenizer, tokenizer_data_config
+    from detok.io import merge_json
     from detok.tokenizers.load import load_tokenizer
 
     path = run / "metrics.json"
@@ -112,7 +113,7 @@ def tokenizer_metrics(run: Path, ecfg) -> dict:
         return json.loads(path.read_text())["reconstruction"]
     tok = load_tokenizer(run)
     res = evaluate_tokenizer(tok, tokenizer_data_config(str(run)), ecfg, progress=False)
-    _merge_metrics(path, {"reconstruction": res})
+    merge_json(path, {"reconstruction": res})
     return res
 
 
@@ -165,9 +166,9 @@ def fill_robustness(results: Path, out: Path, ecfg) -> None:
 def main(argv: list[str] | None = None) -> None:
     from detok.cli.common import resolve_config
     from detok.data import build_dataset, collate
-    from detok.data.latents import latent_stats
     from detok.eval.protocol import EvalConfig, tokenizer_data_config
     from detok.eval.table import BenchConfig, prepare_latents, run_cell, write_table
+    from detok.tokenizers.latents import latent_stats
     from detok.tokenizers.load import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

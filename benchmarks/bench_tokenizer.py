@@ -34,7 +34,7 @@ from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_pe
 from detok.cli.train import tokenizer_config
 from detok.engine.ema import EMA
 from detok.engine.tasks import TokenizerRunConfig, TokenizerTask
-from detok.engine.trainer import split_decay
+from detok.nn.optim import split_decay
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.tokenizers.detok import DeTok
 

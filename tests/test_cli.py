@@ -11,8 +11,8 @@ from PIL import Image
 
 from detok.cli.main import main
 from detok.data import DataConfig, build_dataset
-from detok.data.latents import CacheMismatch, LatentCache
-from detok.engine.checkpoint import Checkpoint
+from detok.io import Checkpoint
+from detok.tokenizers.latents import CacheMismatch, LatentCache
 from detok.tokenizers.load import load_tokenizer
 
 TINY = ["train", "tokenizer", "--config", "tokenizer_tiny"]

@@ -446,7 +446,7 @@ class _MomentsTokenizer(torch.nn.Module):
 
 
 def test_latent_stats_of_means_and_of_samples():
-    from detok.data.latents import latent_stats
+    from detok.tokenizers.latents import latent_stats
 
     g = torch.Generator().manual_seed(0)
     images = torch.randn(40, 3, 4, 4, generator=g)

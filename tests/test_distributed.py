@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from detok.engine.checkpoint import Checkpoint
+from detok.io import Checkpoint
 
 
 def _free_port() -> int:

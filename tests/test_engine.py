@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from detok.cli.train import tokenizer_config, train_tokenizer
-from detok.engine.checkpoint import Checkpoint, find_checkpoint, save_checkpoint
 from detok.engine.ema import EMA
-from detok.engine.schedule import lr_at
 from detok.engine.tasks import TokenizerTask
-from detok.engine.trainer import NonFiniteLoss, OptimConfig, StepSampler, TrainConfig, Trainer, split_decay
+from detok.engine.trainer import NonFiniteLoss, OptimConfig, StepSampler, TrainConfig, Trainer
+from detok.io import Checkpoint, find_checkpoint, save_checkpoint
+from detok.nn.optim import lr_at, split_decay
 
 
 def test_lr_schedule_warmup_then_cosine():

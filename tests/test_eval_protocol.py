@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from detok.cli.main import main
-from detok.data.latents import LatentCache
 from detok.eval import protocol
 from detok.eval.protocol import EvalConfig, score_generator
 from detok.eval.refstats import Reference
 from detok.generators.load import build_generator
+from detok.tokenizers.latents import LatentCache
 
 LATENT = (4, 4, 4)
 

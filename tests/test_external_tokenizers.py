@@ -158,7 +158,7 @@ def test_saved_external_tokenizer_keeps_stats_and_feeds_detok_encode(tmp_path):
     import argparse
 
     from detok.cli import encode
-    from detok.data.latents import LatentCache
+    from detok.tokenizers.latents import LatentCache
 
     torch.manual_seed(0)
     tok = KL16Tokenizer(KL16Config(**SMALL)).eval()

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from detok import dist
 from detok.cli.common import print_summary, resolve_config, write_json
-from detok.engine import dist
 
 
 def add_parser(sub) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from detok.config import field_help, resolve
+from detok.io import write_json  # noqa: F401  (re-exported for the verbs)
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -65,8 +65,3 @@ def print_summary(title: str, data: dict[str, Any]) -> None:
 
     bar = "=" * max(20, len(title) + 4)
     print("\n".join([bar, f"  {title}", bar, *lines(data, 2), bar]), flush=True)
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, default=float))

@@ -13,8 +13,8 @@ import torch
 
 from detok.cli.common import print_summary
 from detok.config import to_dict
-from detok.engine.checkpoint import save_checkpoint
 from detok.engine.tasks import TokenizerRunConfig
+from detok.io import save_checkpoint
 from detok.tokenizers.upstream import load_upstream_tokenizer
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from detok import dist
 from detok.cli.common import print_summary
 from detok.cli.reconstruct import data_config_for
 from detok.data import build_dataset, collate
-from detok.data.latents import latent_stats, write_cache
-from detok.engine import dist
+from detok.tokenizers.latents import latent_stats, write_cache
 from detok.tokenizers.load import load_tokenizer, run_config
 
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from detok import dist
 from detok.cli.common import add_config_args, print_summary, resolve_config
-from detok.engine import dist
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def _kind(run: str) -> str:
-    from detok.engine.checkpoint import Checkpoint
+    from detok.io import Checkpoint
     from detok.tokenizers.external import is_diffusers_folder
 
     if Path(run).is_dir() and not is_diffusers_folder(run):
@@ -43,11 +43,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok.data.build import DataConfig
     from detok.eval.protocol import (
         EvalConfig,
-        _merge_metrics,
         evaluate_generator_run,
         evaluate_tokenizer,
         tokenizer_data_config,
     )
+    from detok.io import merge_json
     from detok.tokenizers.load import load_tokenizer
 
     ecfg = resolve_config(EvalConfig, args.config, args.overrides)
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             res["recipe"]["weights"] = "ema" if ecfg.ema else "raw"
             out = Path(args.out or (args.run if Path(args.run).is_dir() else "."))
             if info.is_main:
-                _merge_metrics(out / "metrics.json", {"reconstruction": res})
+                merge_json(out / "metrics.json", {"reconstruction": res})
             summary = {"run": args.run, "kind": kind, **{k: v for k, v in res.items() if k != "recipe"},
                        "feature_net": res["recipe"]["feature_net"], "metrics": str(out / "metrics.json")}
         else:
@@ -95,7 +95,7 @@ def _image_size(tok) -> int:
 
 def _sized(data_cfg, run: str):
     """data_cfg at the image size of the generator run's tokenizer."""
-    from detok.engine.checkpoint import Checkpoint
+    from detok.io import Checkpoint
     from detok.tokenizers.load import load_tokenizer
 
     tok = load_tokenizer(Checkpoint(run).config["tokenizer"])

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from detok import dist
 from detok.cli.common import print_summary, write_json
 from detok.cli.train import tokenizer_config, train_generator, train_tokenizer
 from detok.config import resolve
 from detok.data import build_dataset, collate
-from detok.data.latents import write_cache
-from detok.engine import dist
 from detok.engine.tasks import GeneratorRunConfig
+from detok.tokenizers.latents import write_cache
 from detok.tokenizers.load import load_tokenizer
 
 PRESETS = {"shapes": "quickstart_shapes", "fashion-mnist": "quickstart_fashion"}

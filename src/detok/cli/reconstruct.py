@@ -15,7 +15,7 @@ from detok.cli.common import print_summary, save_pairs_grid, write_json
 from detok.config import from_dict
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
-from detok.engine.dist import pick_device
+from detok.dist import pick_device
 from detok.eval.recon import ReconMetrics
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.load import load_tokenizer, run_config

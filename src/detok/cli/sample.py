@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from detok import dist
 from detok.cli.common import print_summary, write_json
-from detok.engine import dist
 from detok.eval.recon import to_uint8
 from detok.generators.load import load_generator
 from detok.generators.sampling import balanced_labels, rank_batches, sample_images

@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
+from detok import dist
 from detok.cli.common import add_config_args, print_summary, write_json
 from detok.cli.reconstruct import reconstruct
 from detok.config import deep_update, from_dict, load_yaml, merge, parse_override, resolve, save_yaml, to_dict
 from detok.data import build_dataset, collate
-from detok.data.latents import LatentCache, latent_stats
-from detok.engine import dist
 from detok.engine.tasks import GeneratorRunConfig, GeneratorTask, TokenizerRunConfig, TokenizerTask
 from detok.engine.trainer import Trainer
 from detok.eval.probe import GenerationProbe
@@ -24,6 +23,7 @@ from detok.generators.sampling import grid_labels, sample_images
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.detok import PRESETS, DeTok
+from detok.tokenizers.latents import LatentCache, latent_stats
 from detok.tokenizers.load import load_tokenizer
 
 

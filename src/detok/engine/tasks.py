@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from detok.data.build import DataConfig
-from detok.data.latents import LatentCache
 from detok.engine.trainer import OptimConfig, TrainConfig
 from detok.eval.probe import ProbeConfig
 from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
 from detok.tokenizers.detok import DeTok, DetokConfig
+from detok.tokenizers.latents import LatentCache
 
 
 @dataclass

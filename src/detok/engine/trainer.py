@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from detok.engine import dist
-from detok.engine.checkpoint import Checkpoint, find_checkpoint, save_checkpoint
+from detok import dist
 from detok.engine.ema import EMA
-from detok.engine.schedule import lr_at
+from detok.io import Checkpoint, find_checkpoint, save_checkpoint
+from detok.nn.optim import lr_at, split_decay
 
 log = logging.getLogger("detok")
 
@@ -121,16 +121,6 @@ class StepSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for progress estimates
         return 2**62
-
-
-def split_decay(named: list[tuple[str, nn.Parameter]], wd: float, no_decay: list[str]) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on 1-D tensors and names containing `no_decay` words."""
-    decay, plain = [], []
-    for name, p in named:
-        if not p.requires_grad:
-            continue
-        (plain if p.ndim < 2 or any(w in name for w in no_decay) else decay).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

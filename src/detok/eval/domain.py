@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +36,15 @@ from tqdm.auto import tqdm
 from detok.config import resolve, to_dict
 from detok.data.build import DataConfig, build_dataset, collate
 from detok.data.fashion_mnist import find_fashion_mnist
-from detok.engine.schedule import lr_at
-from detok.engine.trainer import split_decay
 from detok.eval.features import file_sha256, state_dict_sha256
 from detok.eval.recon import to_uint8
+from detok.io import CACHE_ENV, atomic_write  # noqa: F401  (CACHE_ENV: documented name)
+from detok.io import cache_dir as _cache_dir
+from detok.nn.optim import lr_at, split_decay
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the architecture or recipe changes meaning: old cache entries stop matching
-CACHE_ENV = "DETOK_CACHE"
 FEATURE_CHUNK = 256  # images per forward pass inside DomainFeatures.__call__
 PRELOAD_BATCH = 256  # dataset items per DataLoader batch while reading a split into memory
 UINT8_HALF = 127.5  # uint8 0..255 <-> [-1, 1]
@@ -247,7 +246,7 @@ class DomainCacheError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """$DETOK_CACHE/domain, else ~/.cache/detok/domain."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "detok") / "domain"
+    return _cache_dir("domain")
 
 
 def dataset_identity(data_cfg: DataConfig) -> dict[str, Any]:
@@ -278,18 +277,6 @@ def cache_key(data_cfg: DataConfig, cfg: DomainConfig) -> str:
     blob = {"format": FORMAT_VERSION, "data": dataset_identity(data_cfg), "config": to_dict(cfg)}
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return f"{data_cfg.name}-{data_cfg.image_size}px-{digest}"
-
-
-def _write_atomic(path: Path, write) -> None:
-    """write(tmp) on a temp file beside `path`, then os.replace it over `path` (readers never see half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load_entry(weights: Path, meta_path: Path, name: str) -> DomainFeatures:
@@ -345,8 +332,8 @@ def load_domain_net(
                 "config": to_dict(cfg), "data": dataset_identity(data_cfg), **net.train_stats,
                 "weights_sha256": state_dict_sha256(state), "torch": torch.__version__}  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(weights, lambda tmp: save_file(state, tmp))
-        _write_atomic(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(weights, lambda tmp: save_file(state, tmp))
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
         log.info("domain net cached at %s (val top-1 %.4f)", weights, meta["val_accuracy"])
     feats = _load_entry(weights, meta_path, name)
     feats.net.to(device or "cpu")

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from detok import dist
 from detok.data import collate
 from detok.data.build import DataConfig
-from detok.engine import dist
 
 
 def _f(default: Any, help: str) -> Any:
@@ -58,9 +58,9 @@ class GenerationProbe:
     def _probe(self, trainer, step: int) -> dict[str, float]:
         from detok.cli.train import train_generator
         from detok.config import resolve
-        from detok.data.latents import latent_stats, write_cache
         from detok.engine.tasks import GeneratorRunConfig
         from detok.eval.protocol import EvalConfig, feature_net_for, reference_for, score_generator
+        from detok.tokenizers.latents import latent_stats, write_cache
 
         cfg, info = self.cfg, trainer.info
         out = self.run_dir / "probe" / f"step-{step:07d}"

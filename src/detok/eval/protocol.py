@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from detok import dist
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
-from detok.engine import dist
 from detok.eval.features import FeatureNet, recipe
 from detok.eval.recon import ReconMetrics, to_uint8
 from detok.generators.base import Generator
 from detok.generators.sampling import balanced_labels, rank_batches, sample_images
+from detok.io import cache_dir, merge_json
 from detok.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,6 @@ class EvalConfig:
     recon_images: int = _f(0, "tokenizer: val images reconstructed (0 = the whole val split)")
     save_npz: bool = _f(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
     domain_steps: int = _f(0, "domain classifier training steps when it is not cached (0 = its default)")
-
-
-def cache_dir(kind: str) -> Path:
-    """$DETOK_CACHE/kind or ~/.cache/detok/kind."""
-    root = Path(os.environ.get("DETOK_CACHE", Path.home() / ".cache" / "detok"))
-    return root / kind
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,7 +309,7 @@ def evaluate_generator_run(
         if images is not None:
             _save_npz(images, out / "samples.npz")
             res["npz"] = str(out / "samples.npz")
-        _merge_metrics(out / "metrics.json", {"generation": res})
+        merge_json(out / "metrics.json", {"generation": res})
     return res
 
 
@@ -327,15 +321,6 @@ def _save_npz(images: list, path: Path) -> None:
     np.savez(path, arr_0=u8, arr_1=labels)
 
 
-def _merge_metrics(path: Path, update: dict[str, Any]) -> None:
-    """Add sections to RUN/metrics.json (keeping the others), written atomically."""
-    import json
-
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.update(update)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------

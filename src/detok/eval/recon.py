@@ -49,7 +49,7 @@ class ReconMetrics:
         )
 
     def compute(self) -> dict[str, float]:
-        from detok.engine.dist import all_reduce_sum
+        from detok.dist import all_reduce_sum
 
         sums = all_reduce_sum(self.sums.clone()) if self.distributed else self.sums
         n, psnr, ssim = sums.tolist()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from detok.eval.features import file_sha256
+from detok.io import atomic_write
 
 STATS_KEYS = ("mu", "sigma")  # torch-fidelity / MAR / ADM
 SPATIAL_KEYS = ("mu_s", "sigma_s")  # ADM's sFID statistics
@@ -122,10 +123,7 @@ def save_stats(
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"{path}: reference statistics are written as .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{k: v for k, v in arrays.items() if v is not None})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, **{k: v for k, v in arrays.items() if v is not None}))
     return file_sha256(str(path))
 
 

@@ -26,10 +26,10 @@ from detok.cli.common import write_json
 from detok.config import resolve
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
-from detok.data.latents import CacheMismatch, LatentCache, latent_stats, write_cache
 from detok.engine.tasks import GeneratorRunConfig
 from detok.eval.protocol import EvalConfig, data_key, evaluate_generator_run
 from detok.tokenizers.base import Tokenizer
+from detok.tokenizers.latents import CacheMismatch, LatentCache, latent_stats, write_cache
 
 log = logging.getLogger(__name__)
 

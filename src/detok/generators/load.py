@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from detok.config import ConfigError
-from detok.engine.checkpoint import Checkpoint
 from detok.generators.base import Generator
+from detok.io import Checkpoint
 from detok.registry import get
 
 

@@ -391,7 +391,7 @@ def save_external_tokenizer(
     Use it after `set_stats` so `detok encode` and generator runs share the measured statistics.
     `data` (DataConfig fields) becomes the run's default dataset for `detok encode` / `reconstruct`.
     """
-    from detok.engine.checkpoint import save_checkpoint
+    from detok.io import save_checkpoint
 
     config = {"external": tokenizer.kind, "tokenizer": tokenizer.export_config(), "data": dict(data or {})}
     return save_checkpoint(run_dir, 0, kind="tokenizer", weights={"model": tokenizer.state_dict()}, config=config)

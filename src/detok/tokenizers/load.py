@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from detok.config import from_dict
-from detok.engine.checkpoint import Checkpoint
+from detok.io import Checkpoint
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.detok import DeTok, DetokConfig
 from detok.tokenizers.external import (

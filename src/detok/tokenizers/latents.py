@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from detok.engine import dist
+from detok import dist
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 
 CACHE_FORMAT = 1

@@ -1,9 +1,10 @@
-"""Self-describing checkpoints, written atomically.
+"""The bottom layer: checkpoints, atomic writes, cache folders, safe loading. Imports nothing of detok.
 
 A checkpoint is a folder `RUN/checkpoints/step-00001000/` holding
 - `weights.safetensors`: every saved module's state (`<module>.<name>`), raw (non-EMA) weights;
 - `ema.safetensors`: EMA parameters by name (`<module>.<name>`);
-- `state.pt`: step, optimizer states, RNG states, sampler position (tensors and plain types only);
+- `state.pt`: step, optimizer states, RNG states, sampler position (tensors and plain types only,
+  read back with `torch.load(weights_only=True)`: a checkpoint from someone else runs no code);
 - `config.yaml`: the resolved run config; `meta.json`: kind, step, format.
 It is written to a temporary folder and renamed into place, then `RUN/checkpoints/latest` is replaced
 atomically, so a killed run always leaves the previous complete checkpoint.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,53 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 FORMAT = 1
+CACHE_ENV = "DETOK_CACHE"  # root of detok's caches (feature nets, reference statistics); ~/.cache/detok if unset
+
+
+def cache_dir(kind: str) -> Path:
+    """$DETOK_CACHE/kind, else ~/.cache/detok/kind (not created)."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "detok")
+    return root / kind
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """`write(tmp)` on a temp file beside `path`, fsync, then rename it over `path`: readers never see half.
+
+    The temp file keeps `path`'s suffix (numpy and safetensors writers look at it) and is removed on error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as indented JSON atomically (numpy / torch scalars as floats)."""
+    return write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def merge_json(path: str | Path, update: dict[str, Any]) -> Path:
+    """Add top-level sections to a JSON file (keeping the others), written atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(update)
+    return write_json(path, data)
+
+
 
 
 def _flat(prefix_states: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -47,15 +97,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -90,7 +131,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
-    _write_text_atomic(root / "latest", final.name + "\n")
+    write_text(root / "latest", final.name + "\n")
     if keep > 0:
         done = sorted(p for p in root.glob("step-*") if p.is_dir())
         for old in done[:-keep]:
@@ -145,4 +186,5 @@ class Checkpoint:
         return state
 
     def training_state(self) -> dict[str, Any]:
-        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=False)
+        """Step, optimizer and RNG states; tensors and plain types only (no code runs on load)."""
+        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
