@@ -255,7 +255,7 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
             zero_out = bool(stepper.real(x, torch.rand(1), labels[:1]).abs().max() == 0)
         stepper.fake = lambda x, t, y: torch.zeros_like(x)
         stepper.reset(0)
-        gen.sample(case.batch, labels, cfg=case.cfg, generator=torch.Generator().manual_seed(args.seed))
+        gen.sample(case.batch, labels, cfg=case.cfg, rng=torch.Generator().manual_seed(args.seed))
         n_total = stepper.calls
         stepper.fake = None
         nfe_note = (f"NFE counted on this untrained model (output exactly 0: {zero_out}); a trained SiT's "
@@ -273,7 +273,7 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         try:
-            gen.sample(case.batch, labels, cfg=case.cfg, generator=g, **kwargs)
+            gen.sample(case.batch, labels, cfg=case.cfg, rng=g, **kwargs)
         except Stop:
             pass
         return time.perf_counter() - t0, stepper.inside
@@ -428,7 +428,7 @@ def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str
         t0 = time.perf_counter()
         try:
             gen.sample(
-                case.batch, labels, cfg=1.0, generator=torch.Generator().manual_seed(0), use_kv_cache=cache
+                case.batch, labels, cfg=1.0, rng=torch.Generator().manual_seed(0), use_kv_cache=cache
             )
         except Stop:
             pass
@@ -543,7 +543,7 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
         kw = {"steps": steps} if steps else {}
         t0 = time.perf_counter()
         try:
-            gen.sample(case.batch, labels, cfg=case.cfg, generator=torch.Generator().manual_seed(seed),
+            gen.sample(case.batch, labels, cfg=case.cfg, rng=torch.Generator().manual_seed(seed),
                        use_kv_cache=cache, **kw)  # fmt: skip
         except Stop:
             pass

@@ -34,8 +34,8 @@ from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_pe
 from detok.cli.train import tokenizer_config
 from detok.engine.ema import EMA
 from detok.engine.tasks import TokenizerRunConfig, TokenizerTask
-from detok.nn.optim import split_decay
 from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.nn.optim import split_decay
 from detok.tokenizers.detok import DeTok
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "tokenizer.json"
@@ -139,7 +139,7 @@ def build_task(cfg: TokenizerRunConfig, flavour: str, seed: int) -> TokenizerTas
     if flavour == "model":
         loss_cfg.perceptual_weight = 0.0
     gen = torch.Generator().manual_seed(seed + 1) if next(model.parameters()).device.type == "cpu" else None
-    loss = TokenizerLoss(loss_cfg, generator=gen)
+    loss = TokenizerLoss(loss_cfg, rng=gen)
     task = TokenizerTask(
         model, loss, disc_start_step=0 if flavour == "full" else NO_GAN, hflip=cfg.data.hflip
     )

@@ -134,7 +134,7 @@ def test_loss_backward_and_every_parameter_learns(name):
     g = gen(2)  # with this seed the 4th MAR draw leaves some tokens visible
     for step in range(4):
         opt.zero_grad()
-        out = model.loss(x, labels, generator=g)
+        out = model.loss(x, labels, rng=g)
         assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
         out["loss"].backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -154,7 +154,7 @@ def test_overfits_a_fixed_batch(name):
     @torch.no_grad()
     def held_out() -> float:  # fixed timesteps / noise / masks: a deterministic estimate
         model.eval()
-        value = sum(model.loss(x, labels, generator=gen(100 + s))["loss"].item() for s in range(4)) / 4
+        value = sum(model.loss(x, labels, rng=gen(100 + s))["loss"].item() for s in range(4)) / 4
         model.train()
         return value
 
@@ -163,7 +163,7 @@ def test_overfits_a_fixed_batch(name):
     g = gen(7)
     for _ in range(80):
         opt.zero_grad()
-        model.loss(x, labels, generator=g)["loss"].backward()
+        model.loss(x, labels, rng=g)["loss"].backward()
         opt.step()
     after = held_out()
     assert after < 0.5 * before, (before, after)
@@ -176,9 +176,9 @@ def test_sample_shape_and_determinism(name):
     labels = torch.tensor([2, 5])
     # MAR: more AR iterations (20) than tokens (16) exercises the schedule's clamping
     kw = {"steps": 20, "diffusion_steps": 25} if name.startswith("mar") else {"steps": "10"}
-    a = model.sample(2, labels, cfg=3.0, generator=gen(0), **kw)
-    b = model.sample(2, labels, cfg=3.0, generator=gen(0), **kw)
-    c = model.sample(2, None, generator=gen(1), **kw)
+    a = model.sample(2, labels, cfg=3.0, rng=gen(0), **kw)
+    b = model.sample(2, labels, cfg=3.0, rng=gen(0), **kw)
+    c = model.sample(2, None, rng=gen(1), **kw)
     assert a.shape == c.shape == (2, *LATENT)
     assert torch.isfinite(a).all() and torch.isfinite(c).all()
     assert torch.equal(a, b)
@@ -188,7 +188,7 @@ def test_sample_shape_and_determinism(name):
 
 def test_mar_sample_reaches_every_token_in_few_steps():
     model = tiny("mar_tiny").eval()
-    out = model.sample(3, torch.tensor([0, 1, 2]), cfg=1.5, steps=3, generator=gen(0), diffusion_steps=5)
+    out = model.sample(3, torch.tensor([0, 1, 2]), cfg=1.5, steps=3, rng=gen(0), diffusion_steps=5)
     assert (out != 0).all()
 
 
@@ -210,9 +210,9 @@ def test_kv_cache_equals_full_prefix(name):
         steps += [model.transformer(x[:, i : i + 1], cond[:, i : i + 1], cache) for i in range(3, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
-    kw = {"cfg": 2.5, "steps": "10", "generator": None}
-    with_cache = model.sample(2, labels, **{**kw, "generator": gen(5)}, use_kv_cache=True)
-    without = model.sample(2, labels, **{**kw, "generator": gen(5)}, use_kv_cache=False)
+    kw = {"cfg": 2.5, "steps": "10", "rng": None}
+    with_cache = model.sample(2, labels, **{**kw, "rng": gen(5)}, use_kv_cache=True)
+    without = model.sample(2, labels, **{**kw, "rng": gen(5)}, use_kv_cache=False)
     torch.testing.assert_close(with_cache, without, atol=1e-5, rtol=1e-5)
 
 
@@ -228,8 +228,8 @@ def test_diffloss_cfg_one_is_conditional():
     head = DiffLoss(channels=4, cond_channels=8, depth=2, width=16)
     perturb(head)
     z, z_null = torch.randn(3, 8, generator=gen(0)), torch.randn(3, 8, generator=gen(1))
-    plain = head.sample(z, steps=10, generator=gen(2))
-    guided = head.sample(z, z_null, cfg=1.0, steps=10, generator=gen(2))
+    plain = head.sample(z, steps=10, rng=gen(2))
+    guided = head.sample(z, z_null, cfg=1.0, steps=10, rng=gen(2))
     # uncond + 1 * (cond - uncond) equals cond up to float rounding (the perturbed head's samples are ~1e2)
     torch.testing.assert_close(plain, guided, rtol=1e-5, atol=1e-5)
     assert head.sample(z[:0], steps=10).shape == (0, 4)

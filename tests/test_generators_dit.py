@@ -100,7 +100,7 @@ def test_backward_reaches_every_parameter(name, overrides):
     opt = torch.optim.AdamW(params.values(), lr=1e-3)
     for step in range(3):
         opt.zero_grad(set_to_none=True)
-        out = gen.loss(x, y, generator=torch.Generator().manual_seed(step))
+        out = gen.loss(x, y, rng=torch.Generator().manual_seed(step))
         assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
         assert all(not v.requires_grad for k, v in out.items() if k != "loss")
         out["loss"].backward()
@@ -109,7 +109,7 @@ def test_backward_reaches_every_parameter(name, overrides):
             assert {n for n, p in params.items() if p.grad.any()} == OUTPUT_LAYER
         opt.step()
     opt.zero_grad(set_to_none=True)
-    gen.loss(x, y, generator=torch.Generator().manual_seed(9))["loss"].backward()
+    gen.loss(x, y, rng=torch.Generator().manual_seed(9))["loss"].backward()
     for n, p in params.items():
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
 
@@ -122,7 +122,7 @@ def test_fixed_batch_overfits(name):
     losses = []
     for _ in range(60):
         opt.zero_grad()
-        loss = gen.loss(x, y, generator=torch.Generator().manual_seed(0))[
+        loss = gen.loss(x, y, rng=torch.Generator().manual_seed(0))[
             "loss"
         ]  # same t and noise each step
         loss.backward()
@@ -142,7 +142,7 @@ def test_sample_shape_and_seeded_determinism(name, cfg):
 
     def draw(seed: int, labels: torch.Tensor | None = y) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return gen.sample(3, labels, cfg=cfg, steps=SAMPLE_STEPS[name], generator=g)
+        return gen.sample(3, labels, cfg=cfg, steps=SAMPLE_STEPS[name], rng=g)
 
     a, b, c = draw(0), draw(0), draw(1)
     assert a.shape == (3, *SHAPE) and torch.isfinite(a).all()
@@ -154,8 +154,8 @@ def test_sample_shape_and_seeded_determinism(name, cfg):
 def test_sit_sde_sampler_is_seeded():
     gen = _wake(_gen("sit_tiny", sampler="sde")).eval()
     y = torch.tensor([0, 1])
-    a, b = (gen.sample(2, y, steps=8, generator=torch.Generator().manual_seed(0)) for _ in range(2))
-    c = gen.sample(2, y, steps=8, generator=torch.Generator().manual_seed(1))
+    a, b = (gen.sample(2, y, steps=8, rng=torch.Generator().manual_seed(0)) for _ in range(2))
+    c = gen.sample(2, y, steps=8, rng=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -193,9 +193,9 @@ def test_lightningdit_cfg_interval_is_conditional_near_noise():
 
 def test_lightningdit_cosine_loss_option():
     x, y = _batch()
-    upstream = _wake(_gen("lightningdit_tiny")).loss(x, y, generator=torch.Generator().manual_seed(0))
+    upstream = _wake(_gen("lightningdit_tiny")).loss(x, y, rng=torch.Generator().manual_seed(0))
     added = _wake(_gen("lightningdit_tiny", use_cosine_loss=True)).loss(
-        x, y, generator=torch.Generator().manual_seed(0)
+        x, y, rng=torch.Generator().manual_seed(0)
     )
     torch.testing.assert_close(upstream["loss"], upstream["mse"])  # upstream l-DeTok: computed, not added
     torch.testing.assert_close(added["loss"], added["mse"] + added["cos_loss"])

@@ -80,8 +80,8 @@ def test_hinge_losses_hand_computed() -> None:
 
 
 def test_patch_discriminator_shapes_and_init() -> None:
-    d = PatchDiscriminator(generator=torch.Generator().manual_seed(0))
-    same = PatchDiscriminator(generator=torch.Generator().manual_seed(0))
+    d = PatchDiscriminator(rng=torch.Generator().manual_seed(0))
+    same = PatchDiscriminator(rng=torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(d.state_dict().values(), same.state_dict().values()))
     assert d(images(2)).shape == (2, 1, 2, 2)
     assert d.output_size(256) == 30 and d.output_size(SIZE) == 2 and d.min_input_size() == 24

@@ -192,9 +192,9 @@ def test_sampler_recovers_delta(sampler):
         return model(x, t)
 
     if sampler == "ancestral":
-        out = p.p_sample_loop(recording, noise, generator=gen, temperature=0.9)
+        out = p.p_sample_loop(recording, noise, rng=gen, temperature=0.9)
     else:
-        out = p.ddim_sample_loop(recording, noise, eta=0.5, generator=gen)
+        out = p.ddim_sample_loop(recording, noise, eta=0.5, rng=gen)
     close(out, point.expand_as(out), atol=1e-8, rtol=0)
     assert steps == p.timestep_map.flip(0).tolist()  # the model sees original step indices, noisiest first
 
@@ -207,11 +207,11 @@ def test_gaussian_sampling_deterministic_and_leaves_global_rng():
         return torch.cat([0.1 * x, torch.zeros_like(x)], dim=1)
 
     state = torch.get_rng_state()
-    a = p.p_sample_loop(model, noise, generator=torch.Generator().manual_seed(1))
-    b = p.p_sample_loop(model, noise, generator=torch.Generator().manual_seed(1))
-    c = p.p_sample_loop(model, noise, generator=torch.Generator().manual_seed(2))
-    la = p.training_losses(model, noise, generator=torch.Generator().manual_seed(3))["loss"]
-    lb = p.training_losses(model, noise, generator=torch.Generator().manual_seed(3))["loss"]
+    a = p.p_sample_loop(model, noise, rng=torch.Generator().manual_seed(1))
+    b = p.p_sample_loop(model, noise, rng=torch.Generator().manual_seed(1))
+    c = p.p_sample_loop(model, noise, rng=torch.Generator().manual_seed(2))
+    la = p.training_losses(model, noise, rng=torch.Generator().manual_seed(3))["loss"]
+    lb = p.training_losses(model, noise, rng=torch.Generator().manual_seed(3))["loss"]
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(la, lb)
 
@@ -241,8 +241,8 @@ def test_flow_training_losses_and_time_sampling():
     close(same["cos_loss"], torch.zeros(3), atol=1e-6, rtol=0)  # v = 2 u: same direction
     close(flip["cos_loss"], 2 * torch.ones(3), atol=1e-6, rtol=0)
     close(flip["loss"], 4 * x1.pow(2).mean(dim=(1, 2, 3)))
-    g1 = tr.training_losses(lambda x, s: x, x1, generator=torch.Generator().manual_seed(5))["loss"]
-    g2 = tr.training_losses(lambda x, s: x, x1, generator=torch.Generator().manual_seed(5))["loss"]
+    g1 = tr.training_losses(lambda x, s: x, x1, rng=torch.Generator().manual_seed(5))["loss"]
+    g2 = tr.training_losses(lambda x, s: x, x1, rng=torch.Generator().manual_seed(5))["loss"]
     assert torch.equal(g1, g2)
 
 
@@ -287,8 +287,8 @@ def test_sde_matches_gaussian_data_statistics_and_is_seeded():
     tr = FlowTransport()
     z = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
     state = torch.get_rng_state()
-    a = tr.sample_sde(_gaussian_velocity(1.5, 0.5), z, steps=60, generator=torch.Generator().manual_seed(1))
-    b = tr.sample_sde(_gaussian_velocity(1.5, 0.5), z, steps=60, generator=torch.Generator().manual_seed(1))
+    a = tr.sample_sde(_gaussian_velocity(1.5, 0.5), z, steps=60, rng=torch.Generator().manual_seed(1))
+    b = tr.sample_sde(_gaussian_velocity(1.5, 0.5), z, steps=60, rng=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)
     # sqrt(w dt) instead of sqrt(2 w dt) in the noise term would give std 0.37 here
     assert abs(a.mean().item() - 1.5) < 0.03 and abs(a.std().item() - 0.5) < 0.025

@@ -24,7 +24,7 @@ def test_tiny_forward_backward_every_param_gets_grad(name):
     torch.manual_seed(0)
     model = build("tokenizer", name, mask_low=0.1)  # m >= 0.1: masking (and the mask token) always in play
     x = _images(size=model.cfg.image_size)
-    recon, kl, corr = model.train()(x, generator=torch.Generator().manual_seed(1))
+    recon, kl, corr = model.train()(x, rng=torch.Generator().manual_seed(1))
     assert recon.shape == x.shape and torch.isfinite(recon).all() and torch.isfinite(kl)
     (recon.square().mean() + kl).backward()
     for n, p in model.named_parameters():
@@ -52,7 +52,7 @@ def test_latent_noise_formula_exact(noise):
     model = DeTok(detok_config("detok_tiny", mask_ratio=0.0, gamma=3.0, noise=noise)).train()
     seen = _capture_decoder_input(model)
     x = _images()
-    model(x, generator=torch.Generator().manual_seed(5))
+    model(x, rng=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     torch.rand(1, generator=g, dtype=torch.float64)  # the (unused) mask-ratio draw
     post = DiagonalGaussian(model.encoder(x), dim=-1)
@@ -68,7 +68,7 @@ def test_masking_drops_patches_before_the_encoder():
     seen = _capture_decoder_input(model)
     x, n_tok = _images(), model.latent_grid**2
     for seed in range(6):
-        _, _, corr = model(x, generator=torch.Generator().manual_seed(seed))
+        _, _, corr = model(x, rng=torch.Generator().manual_seed(seed))
         u = torch.rand(1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).item()
         m = max(0.0, -0.1 + 0.8 * u)
         keep = math.ceil(n_tok * (1 - m))
@@ -106,8 +106,8 @@ def test_per_sample_masking_equals_one_sample_at_a_time():
 def test_eval_mode_applies_no_corruption():
     model = DeTok(detok_config("detok_tiny")).eval()
     x = _images()
-    r1, _, c1 = model(x, generator=torch.Generator().manual_seed(0))
-    r2, _, _ = model(x, generator=torch.Generator().manual_seed(1))
+    r1, _, c1 = model(x, rng=torch.Generator().manual_seed(0))
+    r2, _, _ = model(x, rng=torch.Generator().manual_seed(1))
     assert c1.mask is None and (c1.tau == 0).all() and (c1.mask_ratio == 0).all()
     torch.testing.assert_close(r1, r2)
     torch.testing.assert_close(r1, model.decode(model.encode(x)))

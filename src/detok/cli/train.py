@@ -54,7 +54,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
         model.load_state_dict(src.state_dict())
     if cfg.decoder_only:
         model.freeze_encoder()
-    loss = TokenizerLoss(cfg.loss, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+    loss = TokenizerLoss(cfg.loss, rng=torch.Generator().manual_seed(cfg.train.seed + 1))
     data_cfg = cfg.data
     data_cfg.image_size = cfg.tokenizer.image_size
     train_set = build_dataset(data_cfg, "train")

@@ -75,12 +75,12 @@ class TokenizerTask:
         self.forward_model = wrap(self.model, find_unused=True)
         self.forward_disc = wrap(_DiscriminatorPair(self.loss.discriminator))
 
-    def step(self, batch: dict[str, Any], step: int, generator: torch.Generator):
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
         x = batch["image"]  # (B, 3, H, W) in [-1, 1]
         if self.hflip:
-            flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5  # (B,)
+            flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5  # (B,)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        recon, kl, corruption = self.forward_model(x, generator=generator)
+        recon, kl, corruption = self.forward_model(x, rng=rng)
         gan = step >= self.disc_start_step
         out = self.loss.generator_loss(x, recon, kl, gan_active=gan)
         losses = {"ae": out["loss"]}
@@ -132,8 +132,8 @@ class _GeneratorLoss(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
-        return self.generator.loss(latents, labels, generator)
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None):
+        return self.generator.loss(latents, labels, rng)
 
 
 class GeneratorTask:
@@ -157,23 +157,23 @@ class GeneratorTask:
         self.forward_model = wrap(_GeneratorLoss(self.generator))
 
     @torch.no_grad()
-    def latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def latents(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:
         """Normalised posterior samples (B, C, h, w): from cached moments (+ flips) or by encoding images."""
         if self.use_cache:
             moments = batch["moments"]  # (B, 2C, h, w)
             if self.hflip:
-                flip = torch.rand(moments.shape[0], generator=generator, device=moments.device) < 0.5
+                flip = torch.rand(moments.shape[0], generator=rng, device=moments.device) < 0.5
                 moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
-            z = LatentCache.sample(moments, generator)
+            z = LatentCache.sample(moments, rng)
         else:
             x = batch["image"]
             if self.hflip:
-                flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+                flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            z = self.tokenizer.encode(x, sample=True, generator=generator)
+            z = self.tokenizer.encode(x, sample=True, rng=rng)
         return self.tokenizer.normalize(z.float())
 
-    def step(self, batch: dict[str, Any], step: int, generator: torch.Generator):
-        z = self.latents(batch, generator)
-        out = self.forward_model(z, batch["label"], generator=generator)
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
+        z = self.latents(batch, rng)
+        out = self.forward_model(z, batch["label"], rng=rng)
         return {"main": out["loss"]}, {k: v.detach() for k, v in out.items()}

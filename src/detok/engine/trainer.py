@@ -83,7 +83,7 @@ class Task(Protocol):
 
     def setup(self, info: dist.DistInfo, wrap) -> None: ...
 
-    def step(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> tuple[dict, dict]: ...
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator) -> tuple[dict, dict]: ...
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,16 +127,16 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "task": generator.get_state()}
+def rng_state(rng: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "task": rng.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], rng: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["task"])
+    rng.set_state(state["task"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -212,7 +212,7 @@ class Trainer:
         lr = self.optim_cfg.lr or self.optim_cfg.base_lr * cfg.global_batch_size / 256
 
         torch.manual_seed(cfg.seed * info.world + info.rank)
-        generator = torch.Generator(device=self.device).manual_seed(cfg.seed * info.world + info.rank)
+        rng = torch.Generator(device=self.device).manual_seed(cfg.seed * info.world + info.rank)
         modules = self.task.modules()
         for m in modules.values():
             m.to(self.device)
@@ -225,7 +225,7 @@ class Trainer:
 
         start = 0
         if resume:
-            start = self._restore(modules, ema, optimizers, generator)
+            start = self._restore(modules, ema, optimizers, rng)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log(
@@ -264,7 +264,7 @@ class Trainer:
                     for group in opt.param_groups:
                         group["lr"] = cur_lr
                 with self._autocast():
-                    losses, logs = self.task.step(batch, step, generator)
+                    losses, logs = self.task.step(batch, step, rng)
                 finite = all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())
                 if dist.any_rank(not finite, self.device):
                     bad_streak, bad_total = bad_streak + 1, bad_total + 1
@@ -308,7 +308,7 @@ class Trainer:
                             writer.add_scalar(f"{self.kind}/{k}", v, step)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
                 if step % cfg.ckpt_every == 0 and step < total:
-                    self._save(step, modules, ema, optimizers, generator)
+                    self._save(step, modules, ema, optimizers, rng)
                 for hook in self.hooks:
                     if hook.every > 0 and step % hook.every == 0:
                         self.modules, self.ema = modules, ema
@@ -328,7 +328,7 @@ class Trainer:
         self.modules, self.ema = modules, ema
         if hasattr(self.task, "on_train_end"):
             self.task.on_train_end(self)
-        self._save(step, modules, ema, optimizers, generator)
+        self._save(step, modules, ema, optimizers, rng)
         summary = {
             "kind": self.kind,
             "steps": step,
@@ -358,7 +358,7 @@ class Trainer:
         return model.eval()
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _save(self, step, modules, ema, optimizers, generator) -> None:
+    def _save(self, step, modules, ema, optimizers, rng) -> None:
         extra = getattr(self.task, "extra_state", lambda: {})()
         # RNG states differ per rank; each rank keeps its own in state-rank{r}.pt beside rank 0's checkpoint.
         if self.info.is_main:
@@ -370,7 +370,7 @@ class Trainer:
                 ema={self.task.ema_module: ema.state_dict()},
                 state={
                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "rng": rng_state(generator),
+                    "rng": rng_state(rng),
                     "extra": extra,
                 },
                 config=self.config,
@@ -380,10 +380,10 @@ class Trainer:
         if self.info.enabled:
             rank_dir = self.run_dir / "checkpoints" / "rank_rng"
             rank_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"step": step, "rng": rng_state(generator)}, rank_dir / f"rank{self.info.rank}.pt")
+            torch.save({"step": step, "rng": rng_state(rng)}, rank_dir / f"rank{self.info.rank}.pt")
             dist.barrier()
 
-    def _restore(self, modules, ema, optimizers, generator) -> int:
+    def _restore(self, modules, ema, optimizers, rng) -> int:
         try:
             ckpt = Checkpoint(find_checkpoint(self.run_dir))
         except FileNotFoundError:
@@ -395,13 +395,13 @@ class Trainer:
         state = torch.load(ckpt.path / "state.pt", map_location="cpu", weights_only=True)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        rng = state["rng"]
+        saved = state["rng"]
         rank_file = self.run_dir / "checkpoints" / "rank_rng" / f"rank{self.info.rank}.pt"
         if self.info.enabled and rank_file.exists():
             rank_state = torch.load(rank_file, weights_only=True)
             if rank_state["step"] == ckpt.step:
-                rng = rank_state["rng"]
-        set_rng_state(rng, generator)
+                saved = rank_state["rng"]
+        set_rng_state(saved, rng)
         if hasattr(self.task, "load_extra_state"):
             self.task.load_extra_state(state.get("extra", {}))
         return ckpt.step

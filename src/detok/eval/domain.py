@@ -104,15 +104,15 @@ class DomainNet(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         self.train_stats: dict[str, Any] = {}  # set by train_domain_net: val accuracy, time, image counts
 
-    def init_weights(self, generator: torch.Generator) -> None:
+    def init_weights(self, rng: torch.Generator) -> None:
         """Kaiming-normal convs, unit BatchNorm, small-normal head: every draw from `generator`."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=generator)
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=rng)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.head.weight, std=0.01, generator=generator)
+        nn.init.normal_(self.head.weight, std=0.01, generator=rng)
         nn.init.zeros_(self.head.bias)
 
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -125,17 +125,17 @@ class DomainNet(nn.Module):
         return self.embed(resize_to(images, self.image_size) / UINT8_HALF - 1)
 
 
-def augment(x: torch.Tensor, pad: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, pad: int, hflip: bool, rng: torch.Generator) -> torch.Tensor:
     """Random crop (replicate padding by `pad`) and horizontal flip of float images (B, C, H, W)."""
     b, _, h, w = x.shape
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad), mode="replicate").permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-        oy, ox = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)  # crop corners
+        oy, ox = torch.randint(0, 2 * pad + 1, (2, b), generator=rng)  # crop corners
         rows, cols = oy[:, None] + torch.arange(h), ox[:, None] + torch.arange(w)  # (B, H), (B, W)
         x = padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
         x = x.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
     if hflip:
-        flip = torch.rand(b, generator=generator) < 0.5  # (B,)
+        flip = torch.rand(b, generator=rng) < 0.5  # (B,)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x
 

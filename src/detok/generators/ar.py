@@ -209,12 +209,12 @@ class ARDiff(Generator):
         return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
 
     def orders(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
+        self, batch: int, rng: torch.Generator | None = None, device: torch.device | None = None
     ) -> torch.Tensor:
         """Generation orders (B, N): raster, or one random permutation per sample."""
         if self.cfg.order == "raster":
             return torch.arange(self.seq_len, device=device).expand(batch, -1)
-        return random_orders(batch, self.seq_len, generator, device)
+        return random_orders(batch, self.seq_len, rng, device)
 
     # -- network ------------------------------------------------------------------------------------
 
@@ -242,14 +242,14 @@ class ARDiff(Generator):
     # -- Generator interface ------------------------------------------------------------------------
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced DiffLoss over all tokens in the (raster or per-sample random) order."""
         tokens = self.patchify(latents)  # (B, N, T)
-        orders = self.orders(tokens.shape[0], generator, tokens.device)  # (B, N)
-        z = self(tokens, orders, self.drop_labels(labels, generator))  # (B, N, D)
+        orders = self.orders(tokens.shape[0], rng, tokens.device)  # (B, N)
+        z = self(tokens, orders, self.drop_labels(labels, rng))  # (B, N, D)
         target = tokens.gather(1, orders[..., None].expand(-1, -1, self.token_dim))  # (B, N, T)
-        return {"loss": self.diffloss.loss(target.flatten(0, 1), z.flatten(0, 1), None, generator)}
+        return {"loss": self.diffloss.loss(target.flatten(0, 1), z.flatten(0, 1), None, rng)}
 
     @torch.no_grad()
     def sample(
@@ -259,7 +259,7 @@ class ARDiff(Generator):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
         temperature: float | None = None,
         cfg_schedule: Literal["linear", "constant"] | None = None,
@@ -279,7 +279,7 @@ class ARDiff(Generator):
         guided = cfg != 1.0
         rows = 2 * n if guided else n
 
-        orders = self.orders(n, generator, device)  # (n, N)
+        orders = self.orders(n, rng, device)  # (n, N)
         orders2 = torch.cat([orders, orders]) if guided else orders  # (rows, N)
         cond = self.conditions(torch.cat([labels, null]) if guided else labels, length)  # (rows, N, D)
         tokens = torch.zeros(n, length, self.token_dim, device=device)
@@ -300,7 +300,7 @@ class ARDiff(Generator):
             scale = linear_cfg(cfg, step / length) if schedule == "linear" else cfg
             new = self.diffloss.sample(
                 z[:n], z[n:] if guided else None, cfg=scale, temperature=temperature, steps=steps,
-                generator=generator,
+                rng=rng,
             )  # fmt: skip
             tokens[batch, orders[:, step]] = new.to(tokens.dtype)
             if step + 1 < length:

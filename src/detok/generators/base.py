@@ -26,15 +26,15 @@ class Generator(nn.Module):
     def null_label(self) -> int:
         return self.num_classes
 
-    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def drop_labels(self, labels: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         """Replace each label by the null class with probability `label_dropout` (training only)."""
         if not self.training or self.label_dropout <= 0:
             return labels
-        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
+        drop = torch.rand(labels.shape, generator=rng, device=labels.device) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Training losses on latents (B, C, h, w) with labels (B,); "loss" is the scalar to minimise."""
         raise NotImplementedError
@@ -47,7 +47,7 @@ class Generator(nn.Module):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """n normalised latents (n, C, h, w) for `labels` (n,) (None: unconditional / null class)."""

@@ -34,11 +34,11 @@ def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: int = M
 
 
 def randn(
-    shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
+    shape: tuple[int, ...], like: torch.Tensor, rng: torch.Generator | None = None
 ) -> torch.Tensor:
     """Standard normal noise of `like`'s dtype and device, drawn on the generator's device if given."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    device = rng.device if rng is not None else like.device
+    return torch.randn(shape, generator=rng, device=device, dtype=like.dtype).to(like.device)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -166,13 +166,13 @@ class DiffLoss(nn.Module):
         target: torch.Tensor,
         z: torch.Tensor,
         mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Scalar eps-MSE + VB loss of tokens target (M, C) given z (M, Z), averaged where mask (M,) set."""
         target = target.repeat(self.batch_mul, 1)  # (batch_mul * M, C)
         z = z.repeat(self.batch_mul, 1)  # (batch_mul * M, Z)
         # t ~ U{0..999} then noise, both from `generator` (drawn on its device)
-        terms = self.process.training_losses(lambda x_t, t: self.net(x_t, t, z), target, generator=generator)
+        terms = self.process.training_losses(lambda x_t, t: self.net(x_t, t, z), target, rng=rng)
         loss = terms["loss"]  # (batch_mul * M,)
         if mask is None:
             return loss.mean()
@@ -188,7 +188,7 @@ class DiffLoss(nn.Module):
         cfg: float = 1.0,
         temperature: float = 1.0,
         steps: str | int | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Tokens (M, C) for conditions z (M, Z); with z_uncond, eps = uncond + cfg * (cond - uncond).
 
@@ -196,7 +196,7 @@ class DiffLoss(nn.Module):
         shared by both halves, so only the conditional trajectory is run and returned.
         """
         m = z.shape[0]
-        noise = randn((m, self.channels), z, generator)
+        noise = randn((m, self.channels), z, rng)
         if m == 0:
             return noise
         # The condition embedding is fixed over the loop and t is one step for every row, so both are
@@ -219,5 +219,5 @@ class DiffLoss(nn.Module):
                 return torch.cat([eps, cond[:, c:]], dim=1)
 
         return self.sampler(steps).p_sample_loop(
-            model_fn, noise, generator=generator, temperature=temperature
+            model_fn, noise, rng=rng, temperature=temperature
         )

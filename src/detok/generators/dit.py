@@ -198,16 +198,16 @@ class DiTFamily(Generator):
     net: DiTNet
 
     def forward(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Same as `loss`, so that DDP wraps the training forward."""
-        return self.loss(latents, labels, generator)
+        return self.loss(latents, labels, rng)
 
-    def initial_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def initial_noise(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal (n, C, H, W) on the model's device, drawn from `generator` (on its own device)."""
         device = self.net.x_embedder.weight.device
-        draw_on = generator.device if generator is not None else device
-        return torch.randn((n, *self.latent_shape), generator=generator, device=draw_on).to(device)
+        draw_on = rng.device if rng is not None else device
+        return torch.randn((n, *self.latent_shape), generator=rng, device=draw_on).to(device)
 
     def labels_or_null(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
         """labels (n,) on the model's device, or n null labels."""
@@ -237,12 +237,12 @@ class DiTFamily(Generator):
         n: int,
         labels: torch.Tensor | None,
         cfg: float,
-        generator: torch.Generator | None,
+        rng: torch.Generator | None,
         interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """Draw noise, run `sampler(model_fn, noise)`, unguided or on the doubled CFG batch -> (n, C, H, W)."""
         y = self.labels_or_null(n, labels)
-        noise = self.initial_noise(n, generator)
+        noise = self.initial_noise(n, rng)
         if cfg == 1.0:
             return sampler(self.conditional_fn(y), noise)
         out = sampler(self.guided_fn(y, cfg, interval), torch.cat([noise, noise]))  # (2n, C, H, W)
@@ -263,11 +263,11 @@ class DiT(DiTFamily):
         self._respaced: dict[str, GaussianDiffusion] = {}
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Mean of DDPM eps-MSE + VB (learned sigma) over latents (B, C, H, W)."""
-        y = self.drop_labels(labels, generator)
-        out = self.diffusion.training_losses(self.conditional_fn(y), latents, generator=generator)
+        y = self.drop_labels(labels, rng)
+        out = self.diffusion.training_losses(self.conditional_fn(y), latents, rng=rng)
         parts = {k: v.mean().detach() for k, v in out.items() if k != "loss"}
         return {"loss": out["loss"].mean(), **parts}
 
@@ -286,16 +286,16 @@ class DiT(DiTFamily):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) by ancestral sampling over `steps` (default cfg.sample_steps) respaced steps."""
         diffusion = self.respaced(str(steps or self.cfg.sample_steps))
 
         def sampler(fn: ModelFn, noise: torch.Tensor) -> torch.Tensor:
-            return diffusion.p_sample_loop(fn, noise, generator=generator, progress=progress)
+            return diffusion.p_sample_loop(fn, noise, rng=rng, progress=progress)
 
-        return self.run_sampler(sampler, n, labels, cfg, generator)
+        return self.run_sampler(sampler, n, labels, cfg, rng)
 
 
 # -- presets -----------------------------------------------------------------------------------------

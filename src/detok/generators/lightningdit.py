@@ -68,11 +68,11 @@ class LightningDiT(DiTFamily):
         self.transport = FlowTransport(t_sampling="logit_normal", t_mean=cfg.t_mean, t_std=cfg.t_std)
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Mean velocity MSE (+ cosine loss if `use_cosine_loss`) over latents (B, C, H, W)."""
-        y = self.drop_labels(labels, generator)
-        out = self.transport.training_losses(self.conditional_fn(y), latents, generator=generator)
+        y = self.drop_labels(labels, rng)
+        out = self.transport.training_losses(self.conditional_fn(y), latents, rng=rng)
         loss = (out["loss"] + out["cos_loss"]) if self.cfg.use_cosine_loss else out["loss"]
         return {
             "loss": loss.mean(),
@@ -88,7 +88,7 @@ class LightningDiT(DiTFamily):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) by Euler on the shifted grid; CFG only for t >= cfg_interval_start."""
@@ -101,7 +101,7 @@ class LightningDiT(DiTFamily):
             )
 
         return self.run_sampler(
-            sampler, n, labels, cfg, generator, interval=(self.cfg.cfg_interval_start, 1.0)
+            sampler, n, labels, cfg, rng, interval=(self.cfg.cfg_interval_start, 1.0)
         )
 
 

@@ -91,10 +91,10 @@ class Block(nn.Module):
 
 
 def _draw_device(
-    generator: torch.Generator | None, device: torch.device | str | None
+    rng: torch.Generator | None, device: torch.device | str | None
 ) -> torch.device | str | None:
     """Random draws happen on the generator's device (then move), else on the target device."""
-    return generator.device if generator is not None else device
+    return rng.device if rng is not None else device
 
 
 def truncated_normal(
@@ -103,13 +103,13 @@ def truncated_normal(
     high: float,
     mean: float,
     std: float,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """n draws (float64) of N(mean, std^2) truncated to [low, high], by the inverse CDF."""
     lo = torch.special.ndtr(torch.tensor((low - mean) / std, dtype=torch.float64))
     hi = torch.special.ndtr(torch.tensor((high - mean) / std, dtype=torch.float64))
-    u = torch.rand(n, generator=generator, dtype=torch.float64, device=_draw_device(generator, device))
+    u = torch.rand(n, generator=rng, dtype=torch.float64, device=_draw_device(rng, device))
     u = (lo + (hi - lo) * u.cpu()).to(device)
     return (mean + std * torch.special.ndtri(u)).clamp(low, high)
 
@@ -117,11 +117,11 @@ def truncated_normal(
 def random_orders(
     batch: int,
     length: int,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """One uniformly random permutation of range(length) per sample: (batch, length) int64."""
-    keys = torch.rand(batch, length, generator=generator, device=_draw_device(generator, device))
+    keys = torch.rand(batch, length, generator=rng, device=_draw_device(rng, device))
     return torch.argsort(keys, dim=1).to(device)
 
 
@@ -237,9 +237,9 @@ class MAR(Generator):
         null = (labels == self.null_label)[:, None]
         return torch.where(null, self.fake_latent.to(emb.dtype).expand_as(emb), emb)
 
-    def draw_num_masked(self, generator: torch.Generator | None = None) -> int:
+    def draw_num_masked(self, rng: torch.Generator | None = None) -> int:
         """Number of masked tokens for one training batch: ceil(N * r), r ~ truncnorm(min, 1; mode 1)."""
-        ratio = truncated_normal(1, self.cfg.mask_ratio_min, 1.0, 1.0, self.cfg.mask_ratio_std, generator,
+        ratio = truncated_normal(1, self.cfg.mask_ratio_min, 1.0, 1.0, self.cfg.mask_ratio_std, rng,
                                  self.fake_latent.device)  # fmt: skip
         return min(self.seq_len, int(math.ceil(self.seq_len * ratio.item())))
 
@@ -286,15 +286,15 @@ class MAR(Generator):
     # -- Generator interface ------------------------------------------------------------------------
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """DiffLoss on the masked tokens: one truncnorm mask ratio per batch, a random order per sample."""
         tokens = self.patchify(latents)  # (B, N, T)
         b, n, _ = tokens.shape
-        num_masked = self.draw_num_masked(generator)
-        mask = mask_by_order(random_orders(b, n, generator, tokens.device), num_masked)  # (B, N)
-        z = self(tokens, mask, self.drop_labels(labels, generator))  # (B, N, D)
-        loss = self.diffloss.loss(tokens.flatten(0, 1), z.flatten(0, 1), mask.flatten(), generator)
+        num_masked = self.draw_num_masked(rng)
+        mask = mask_by_order(random_orders(b, n, rng, tokens.device), num_masked)  # (B, N)
+        z = self(tokens, mask, self.drop_labels(labels, rng))  # (B, N, D)
+        loss = self.diffloss.loss(tokens.flatten(0, 1), z.flatten(0, 1), mask.flatten(), rng)
         return {"loss": loss, "mask_ratio": tokens.new_tensor(num_masked / n)}
 
     @torch.no_grad()
@@ -305,7 +305,7 @@ class MAR(Generator):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
         temperature: float | None = None,
         cfg_schedule: Literal["linear", "constant"] | None = None,
@@ -326,7 +326,7 @@ class MAR(Generator):
         guided = cfg != 1.0
         all_labels = torch.cat([labels, null]) if guided else labels  # (n or 2n,)
 
-        orders = random_orders(n, length, generator, device)  # (n, N)
+        orders = random_orders(n, length, rng, device)  # (n, N)
         mask = torch.ones(n, length, dtype=torch.bool, device=device)
         tokens = torch.zeros(n, length, self.token_dim, device=device)
         loop = range(num_iter)
@@ -352,7 +352,7 @@ class MAR(Generator):
             z_uncond = z[n:][to_pred] if guided else None  # (M, D)
             new = self.diffloss.sample(
                 z[:n][to_pred], z_uncond, cfg=scale, temperature=temperature, steps=diffusion_steps,
-                generator=generator,
+                rng=rng,
             )  # fmt: skip
             tokens[to_pred] = new.to(tokens.dtype)
         return self.unpatchify(tokens)

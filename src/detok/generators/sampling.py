@@ -39,7 +39,7 @@ def sample_images(
     for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress):
         y = labels[start : start + batch_size].to(device)
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_index + start)
-        z = gen.sample(len(y), y, cfg=cfg, steps=steps or None, generator=g)
+        z = gen.sample(len(y), y, cfg=cfg, steps=steps or None, rng=g)
         out.append(tok.decode(tok.denormalize(z)).float().clamp(-1, 1).cpu())
     return torch.cat(out) if out else torch.empty(0)
 

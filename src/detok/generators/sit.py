@@ -51,11 +51,11 @@ class SiT(DiTFamily):
         self.transport = FlowTransport(t_sampling="uniform")
 
     def loss(
-        self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Mean velocity MSE over latents (B, C, H, W)."""
-        y = self.drop_labels(labels, generator)
-        out = self.transport.training_losses(self.conditional_fn(y), latents, generator=generator)
+        y = self.drop_labels(labels, rng)
+        out = self.transport.training_losses(self.conditional_fn(y), latents, rng=rng)
         return {"loss": out["loss"].mean()}
 
     @torch.no_grad()
@@ -66,7 +66,7 @@ class SiT(DiTFamily):
         *,
         cfg: float = 1.0,
         steps: int | str | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) integrated from noise (t = 0) to data (t = 1) with `cfg.sampler`."""
@@ -75,12 +75,12 @@ class SiT(DiTFamily):
 
         def sampler(fn: ModelFn, noise: torch.Tensor) -> torch.Tensor:
             if method == "sde":
-                return self.transport.sample_sde(fn, noise, steps=num, generator=generator, progress=progress)
+                return self.transport.sample_sde(fn, noise, steps=num, rng=rng, progress=progress)
             return self.transport.sample_ode(
                 fn, noise, steps=num, method=method, atol=self.cfg.atol, rtol=self.cfg.rtol, progress=progress
             )
 
-        return self.run_sampler(sampler, n, labels, cfg, generator)
+        return self.run_sampler(sampler, n, labels, cfg, rng)
 
 
 def _register_sit(suffix: str, size: str) -> None:

@@ -26,7 +26,7 @@ class PatchDiscriminator(nn.Module):
         in_channels: int = 3,
         channels: int = 64,
         layers: int = 3,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if layers < 1:
@@ -46,18 +46,18 @@ class PatchDiscriminator(nn.Module):
             ]
         seq.append(nn.Conv2d(widths[layers], 1, KERNEL, stride=1, padding=PADDING))
         self.main = nn.Sequential(*seq)
-        self.reset_parameters(generator)
+        self.reset_parameters(rng)
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, rng: torch.Generator | None = None) -> None:
         """Conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), all biases 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, INIT_STD, generator=generator)
+                nn.init.normal_(m.weight, 0.0, INIT_STD, generator=rng)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, INIT_STD, generator=generator)
+                nn.init.normal_(m.weight, 1.0, INIT_STD, generator=rng)
                 nn.init.zeros_(m.bias)
 
     def output_size(self, size: int) -> int:

@@ -140,7 +140,7 @@ class LPIPS(FrozenNet):
         pretrained: bool = True,
         vgg_path: str = "",
         heads_path: str = "",
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if pretrained:  # locate both files before building anything, so a missing file fails fast
@@ -164,15 +164,15 @@ class LPIPS(FrozenNet):
             heads = {f"{i}.weight": w for i, w in enumerate(lpips_heads_state(heads_file))}
             self.heads.load_state_dict(heads, strict=True, assign=True)
         else:
-            self.reset_parameters(generator)
+            self.reset_parameters(rng)
         self.freeze()
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, rng: torch.Generator | None = None) -> None:
         """Random init: torchvision's VGG init (Kaiming normal, fan_out) and constant non-negative heads."""
         for m in self.features:
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=rng)
                 nn.init.zeros_(m.bias)
         for head in self.heads:
             nn.init.constant_(head.weight, RANDOM_HEAD_WEIGHT)

@@ -63,7 +63,7 @@ class TokenizerLossConfig:
 class TokenizerLoss(nn.Module):
     """Generator and discriminator losses of l-DeTok; only `discriminator` has trainable parameters."""
 
-    def __init__(self, cfg: TokenizerLossConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: TokenizerLossConfig, rng: torch.Generator | None = None) -> None:
         super().__init__()
         if cfg.recon not in RECON_KINDS:
             raise ValueError(f"recon must be one of {RECON_KINDS}, got {cfg.recon!r}")
@@ -77,10 +77,10 @@ class TokenizerLoss(nn.Module):
         self.lpips: LPIPS | None = None
         self.convnext: ConvNeXtLogitLoss | None = None
         if use_perceptual and cfg.lpips_weight > 0:
-            self.lpips = LPIPS(cfg.perceptual_pretrained, cfg.vgg_path, cfg.lpips_path, generator=generator)
+            self.lpips = LPIPS(cfg.perceptual_pretrained, cfg.vgg_path, cfg.lpips_path, rng=rng)
         if use_perceptual and cfg.convnext_weight > 0:
             self.convnext = ConvNeXtLogitLoss(cfg.perceptual_pretrained, cfg.convnext_path)
-        self.discriminator = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers, generator=generator)
+        self.discriminator = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers, rng=rng)
 
     def perceptual(self, images: Tensor, recon: Tensor) -> Tensor:
         """P = weighted average of batch-mean LPIPS and ConvNeXt logit MSE (0 when no net is built)."""

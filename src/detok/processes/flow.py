@@ -93,15 +93,15 @@ class FlowTransport:
     # --- training -------------------------------------------------------------------------------------
 
     def sample_t(
-        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+        self, n: int, device: torch.device | str, rng: torch.Generator | None = None
     ) -> Tensor:
         """Training times (n,) float32 in [train_eps, 1 - train_eps], uniform or logit-normal."""
-        gen_device = generator.device if generator is not None else device
+        gen_device = rng.device if rng is not None else device
         if self.t_sampling == "uniform":
-            u = torch.rand(n, generator=generator, device=gen_device)
+            u = torch.rand(n, generator=rng, device=gen_device)
         else:
             u = torch.sigmoid(
-                self.t_mean + self.t_std * torch.randn(n, generator=generator, device=gen_device)
+                self.t_mean + self.t_std * torch.randn(n, generator=rng, device=gen_device)
             )
         return (self.train_eps + (1 - 2 * self.train_eps) * u).to(device)
 
@@ -111,13 +111,13 @@ class FlowTransport:
         x1: Tensor,
         t: Tensor | None = None,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Per-sample (B,) "loss" = mean (v - u_t)^2, "cos_loss" = mean of 1 - cos(v, u_t) over dim 1."""
         if t is None:
-            t = self.sample_t(x1.shape[0], x1.device, generator)
+            t = self.sample_t(x1.shape[0], x1.device, rng)
         t = t.to(device=x1.device, dtype=x1.dtype)
-        x0 = _randn(x1.shape, x1, generator) if noise is None else noise
+        x0 = _randn(x1.shape, x1, rng) if noise is None else noise
         x_t, u_t = self.plan(t, x0, x1)
         v = model_fn(x_t, t)
         return {
@@ -185,7 +185,7 @@ class FlowTransport:
         noise: Tensor,
         *,
         steps: int = 250,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         diffusion_norm: float = 1.0,
         last_step_size: float = 0.04,
         progress: bool = False,
@@ -211,7 +211,7 @@ class FlowTransport:
         dt = grid[1] - grid[0]
         for i in _progress(range(steps - 1), progress):
             d, w = drift(x, grid[i])
-            x = x + d * dt + torch.sqrt(2 * w) * _randn(x.shape, x, generator) * torch.sqrt(dt).to(x.dtype)
+            x = x + d * dt + torch.sqrt(2 * w) * _randn(x.shape, x, rng) * torch.sqrt(dt).to(x.dtype)
         if last_step_size > 0:
             x = x + drift(x, grid[-1])[0] * last_step_size
         return x

@@ -100,10 +100,10 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _randn(shape: Sequence[int], like: Tensor, rng: torch.Generator | None) -> Tensor:
     """Standard normal noise like `like`, drawn from `generator` (on the generator's device) if given."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
+    device = rng.device if rng is not None else like.device
+    return torch.randn(tuple(shape), generator=rng, device=device, dtype=like.dtype).to(like.device)
 
 
 def _progress(it: Sequence[int], on: bool) -> Sequence[int]:
@@ -240,15 +240,15 @@ class GaussianDiffusion:
         x0: Tensor,
         t: Tensor | None = None,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Per-sample (B,) "loss" = "mse" (+ "vb" with learned sigma); model_fn(x_t, original step index)."""
         b = x0.shape[0]
         if t is None:
-            device = generator.device if generator is not None else x0.device
-            t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
+            device = rng.device if rng is not None else x0.device
+            t = torch.randint(0, self.num_timesteps, (b,), generator=rng, device=device).to(x0.device)
         if noise is None:
-            noise = _randn(x0.shape, x0, generator)
+            noise = _randn(x0.shape, x0, rng)
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, self.timestep_map.to(t.device)[t])
         terms: dict[str, Tensor] = {}
@@ -278,7 +278,7 @@ class GaussianDiffusion:
         model_fn: ModelFn,
         noise: Tensor,
         *,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         temperature: float = 1.0,
         progress: bool = False,
     ) -> Tensor:
@@ -289,7 +289,7 @@ class GaussianDiffusion:
             pmv = self.p_mean_variance(out, x, t)
             x = pmv["mean"]
             if i > 0:
-                x = x + torch.exp(0.5 * pmv["log_variance"]) * _randn(x.shape, x, generator) * temperature
+                x = x + torch.exp(0.5 * pmv["log_variance"]) * _randn(x.shape, x, rng) * temperature
         return x
 
     def ddim_step(
@@ -314,13 +314,13 @@ class GaussianDiffusion:
         noise: Tensor,
         *,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
         """DDIM sampling over this process's steps from x_T = noise (deterministic for eta = 0)."""
         x = noise
         for i in _progress(range(self.num_timesteps - 1, -1, -1), progress):
             t, out = self._model(model_fn, x, i)
-            z = _randn(x.shape, x, generator) if eta > 0 and i > 0 else None
+            z = _randn(x.shape, x, rng) if eta > 0 and i > 0 else None
             x = self.ddim_step(out, x, t, eta=eta if i > 0 else 0.0, noise=z)
         return x

@@ -24,9 +24,9 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, rng: torch.Generator | None = None) -> torch.Tensor:
         """mean + std * eps with eps ~ N(0, I) drawn from `generator`."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        eps = torch.randn(self.mean.shape, generator=rng, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:
@@ -57,10 +57,10 @@ class Tokenizer(nn.Module):
         """Posterior moments (B, 2C, h, w): mean channels then log-variance channels; no corruption."""
         raise NotImplementedError
 
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
+    def encode(self, images: torch.Tensor, sample: bool = False, rng: torch.Generator | None = None):
         """Latents (B, C, h, w): the posterior mean, or a posterior sample when `sample`."""
         post = DiagonalGaussian(self.encode_moments(images))
-        return post.sample(generator) if sample else post.mean
+        return post.sample(rng) if sample else post.mean
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in about [-1, 1] (not clamped) from raw latents (B, C, h, w)."""

@@ -173,16 +173,16 @@ class DeTok(Tokenizer):
             init_vit_weights(part)
 
     # -- corruption --------------------------------------------------------------------------------
-    def draw_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
+    def draw_mask(self, batch: int, device: torch.device, rng: torch.Generator | None = None):
         """Random-ratio masking: (keep_idx (B, L), mask (B, N), attn_mask or None, ratios (B,)) or Nones."""
         cfg, n_tok = self.cfg, self.latent_grid**2
         draws = batch if cfg.mask_per_sample else 1
-        u = torch.rand(draws, generator=generator, device=device, dtype=torch.float64)
+        u = torch.rand(draws, generator=rng, device=device, dtype=torch.float64)
         ratio = (cfg.mask_low + (cfg.mask_ratio - cfg.mask_low) * u).clamp_min(0.0).expand(batch)  # (B,)
         if cfg.mask_ratio <= 0:
             return None, None, None, ratio.float()
         len_keep = torch.ceil(n_tok * (1.0 - ratio)).long().clamp(1, n_tok)  # (B,)
-        order = torch.rand(batch, n_tok, generator=generator, device=device).argsort(dim=1)  # (B, N)
+        order = torch.rand(batch, n_tok, generator=rng, device=device).argsort(dim=1)  # (B, N)
         if bool((len_keep == n_tok).all()):
             return None, None, None, ratio.float()
         keep = int(len_keep.max())
@@ -192,23 +192,23 @@ class DeTok(Tokenizer):
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, L) keys to attend
         return keep_idx, mask, attn_mask, ratio.float()
 
-    def draw_tau(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw_tau(self, batch: int, device: torch.device, rng: torch.Generator | None = None) -> torch.Tensor:
         """Noise levels tau (B,) from U(0, 1) or logit-normal(tau_mean, tau_std)."""
         if self.cfg.tau == "uniform":
-            return torch.rand(batch, generator=generator, device=device)
-        g = torch.randn(batch, generator=generator, device=device)
+            return torch.rand(batch, generator=rng, device=device)
+        g = torch.randn(batch, generator=rng, device=device)
         return torch.sigmoid(self.cfg.tau_mean + self.cfg.tau_std * g)
 
-    def add_noise(self, z: torch.Tensor, tau: torch.Tensor, generator: torch.Generator | None = None):
+    def add_noise(self, z: torch.Tensor, tau: torch.Tensor, rng: torch.Generator | None = None):
         """z (B, L, C) -> interpolative (1 - tau) z + tau gamma eps, or additive z + tau gamma eps."""
-        eps = self.cfg.gamma * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        eps = self.cfg.gamma * torch.randn(z.shape, generator=rng, device=z.device, dtype=z.dtype)
         t = tau.to(z.dtype)[:, None, None]  # (B, 1, 1)
         if self.cfg.noise == "interpolative":
             return (1 - t) * z + t * eps
         return z + t * eps
 
     # -- training forward --------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, images: torch.Tensor, rng: torch.Generator | None = None):
         """Reconstruct images (B, 3, H, W) -> (recon, kl (scalar, batch mean), Corruption).
 
         Train mode: mask, sample the posterior, add latent noise. Eval mode: posterior mean, no corruption.
@@ -218,14 +218,14 @@ class DeTok(Tokenizer):
         keep_idx = mask = attn_mask = None
         ratio = torch.zeros(b, device=dev)
         if corrupt:
-            keep_idx, mask, attn_mask, ratio = self.draw_mask(b, dev, generator)
+            keep_idx, mask, attn_mask, ratio = self.draw_mask(b, dev, rng)
         post = DiagonalGaussian(self.encoder(images, keep_idx, attn_mask), dim=-1)  # over (B, L, 2C)
         kl = self._kl(post, attn_mask)
-        z = post.sample(generator) if corrupt else post.mean  # (B, L, C)
+        z = post.sample(rng) if corrupt else post.mean  # (B, L, C)
         tau = torch.zeros(b, device=dev)
         if corrupt and self.cfg.noise != "none" and self.cfg.gamma > 0:
-            tau = self.draw_tau(b, dev, generator)
-            z = self.add_noise(z, tau, generator)
+            tau = self.draw_tau(b, dev, rng)
+            z = self.add_noise(z, tau, rng)
         recon = self.decoder(z, keep_idx, mask)
         return recon, kl, Corruption(mask, ratio, tau)
 

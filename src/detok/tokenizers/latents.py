@@ -196,6 +196,6 @@ class LatentCache(Dataset):
                 )
 
     @staticmethod
-    def sample(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(moments: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         """Posterior samples (B, C, h, w) from cached moments (B, 2C, h, w)."""
-        return DiagonalGaussian(moments).sample(generator)
+        return DiagonalGaussian(moments).sample(rng)
