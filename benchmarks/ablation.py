@@ -85,8 +85,8 @@ def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
 def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int,
                     latent_dim: int, image_size: int) -> dict:
     """Train (or resume, or skip when finished) one tokenizer variant; its summary."""
-    from detok.cli.train import tokenizer_config
-    from detok.cli.train import train_tokenizer as train
+    from detok.runs.config import tokenizer_config
+    from detok.runs.train import train_tokenizer as train
 
     done = run / "summary.json"
     if done.is_file():
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     from detok.cli.common import resolve_config
     from detok.data import build_dataset, collate
     from detok.eval.protocol import EvalConfig, tokenizer_data_config
-    from detok.eval.table import BenchConfig, prepare_latents, run_cell, write_table
+    from detok.eval.table import write_table
+    from detok.runs.bench import BenchConfig, prepare_latents, run_cell
     from detok.tokenizers.latents import latent_stats
     from detok.tokenizers.load import load_tokenizer
 

@@ -2,7 +2,8 @@
 
 Method and results: docs/benchmarks.md ("Evaluation"). Each case runs in a fresh subprocess (this script
 re-invoked with --case NAME --json) so peak memory does not mix; the float32 matmul peak is recorded at the
-start and the end, as in the other benchmarks.
+start and the end, as in the other benchmarks. The result file is rewritten after every case ("partial": true
+until the run ends); --resume continues an interrupted run.
 
     python benchmarks/bench_eval.py                   # all cases -> docs/benchmarks/eval.json
     python benchmarks/bench_eval.py --quick --out /tmp/eval.json
@@ -20,19 +21,29 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchlib import MATMUL_N, REPO, fmt_range, machine_info, matmul_peak, rss_mb, summary
+from benchlib import (
+    JSON_MARK,
+    MATMUL_N,
+    REPO,
+    BenchError,
+    Job,
+    fmt_range,
+    machine_info,
+    matmul_peak,
+    rss_mb,
+    run_jobs,
+    summary,
+    write_json,
+)
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "eval.json"
-JSON_MARK = "BENCH_JSON "
 CASES = {
     "inception_32": {"net": "inception", "size": 32, "batch": 50, "warmup": 1, "repeats": 5},
     "inception_256": {"net": "inception", "size": 256, "batch": 50, "warmup": 1, "repeats": 5},
@@ -99,15 +110,14 @@ def run_case(name: str, quick: bool, threads: int) -> dict[str, Any]:
     return res
 
 
-def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def case_job(name: str, args: argparse.Namespace) -> Job:
+    """The case `name`, measured by this script re-invoked in --case mode (see benchlib.run_jobs)."""
+    if name not in CASES:
+        raise BenchError(f"unknown case {name!r}; choose from: {', '.join(CASES)}")
     cmd = [sys.executable, __file__, "--case", name, "--json", "--threads", str(args.threads)]
     if args.quick:
         cmd.append("--quick")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(JSON_MARK):
-            return json.loads(line[len(JSON_MARK):])
-    return {"case": name, "error": (proc.stderr or proc.stdout)[-2000:]}
+    return Job({"case": name}, cmd)
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -117,7 +127,8 @@ def print_table(result: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|")
     for r in result["rows"]:
         if "error" in r:
-            print(f"| {r['case']} | error: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | |")
+            detail = (r.get("stderr_tail") or "").strip().splitlines() or [r["error"]]
+            print(f"| {r['case']} | error: {detail[-1]} | | | | |")
         elif "img_per_s" in r:
             print(f"| {r['case']} | {r['feature_net']} | {r['input_px']} px | {r['batch']} | "
                   f"{fmt_range(r['img_per_s'], '.1f')} | {r['peak_rss_mb']:.0f} |")
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="one repeat per case (smoke test)")
     p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of the partial result at --out (same settings) and run only the missing ones")
     args = p.parse_args(argv)
     if args.case:
         res = run_case(args.case, args.quick, args.threads)
@@ -141,17 +154,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return res
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     torch.set_num_threads(args.threads)
-    start = matmul_peak(3.0)
-    rows = [run_child(name, args) for name in args.cases.split(",") if name]
-    end = matmul_peak(3.0)
-    result = {"command": command, "machine": machine_info(args.threads), "rows": rows,
-              "matmul_peak": {"start": start, "end": end, "n": MATMUL_N,
-                              "peak_gflops": max(start["max_gflops"], end["max_gflops"])}}
-    print_table(result)
     out = args.out or (None if args.quick else DEFAULT_OUT)
+    try:
+        jobs = [case_job(name, args) for name in args.cases.split(",") if name]
+        header = {"command": command, "machine": machine_info(args.threads),
+                  "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")}}
+        result = run_jobs(jobs, header, out, peak_seconds=3.0, resume=args.resume)
+    except BenchError as err:  # before any row ran: one line, no traceback
+        print(f"bench_eval.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_json(out, result)
+    print_table(result)
+    if out:
         print(f"\nwrote {out}")
     return result
 

@@ -2,13 +2,16 @@
 
 Method and results: docs/benchmarks.md ("Generators"). Every case runs in a fresh subprocess (this script
 re-invoked with --case ... --json) so peak RSS does not mix between cases; the float32 2048 x 2048 matmul
-peak is measured in the parent at the start and at the end of the run (and briefly inside each case).
+peak is measured in the parent at the start and at the end of the run (and briefly inside each case). The
+result file is rewritten after every case ("partial": true until the run ends); --resume continues an
+interrupted run.
 
 Throughput is in latents/s: generator sampling only, the tokenizer decode is NOT included.
 
     python benchmarks/bench_generators.py                       # all cases -> docs/benchmarks/generators.json
     python benchmarks/bench_generators.py --groups kv           # only the KV-cache cases
     python benchmarks/bench_generators.py --quick --out /tmp/gen.json   # smoke test (tiny, few steps)
+    python benchmarks/bench_generators.py --resume              # continue an interrupted run (same settings)
 
 Sections (``--groups``, comma list):
   sample  sampling throughput, tiny and B size, 16x16x16 latents, 1000 classes, paper step counts
@@ -29,7 +32,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -40,10 +42,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_peak, rss_mb, summary
+from benchlib import (
+    JSON_MARK,
+    MATMUL_N,
+    REPO,
+    BenchError,
+    Job,
+    counter,
+    fmt_range,
+    machine_info,
+    matmul_peak,
+    rss_mb,
+    run_jobs,
+    summary,
+    write_json,
+)
+from detok import registry
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "generators.json"
-JSON_MARK = "BENCH_JSON "
 LATENT = (16, 16, 16)
 NUM_CLASSES = 1000
 
@@ -216,22 +232,69 @@ def labels_for(batch: int, seed: int) -> torch.Tensor:
     return torch.randint(0, NUM_CLASSES, (batch,), generator=torch.Generator().manual_seed(seed))
 
 
-def family(model: str) -> str:
-    return model.rsplit("_", 1)[0]  # dit / sit / lightningdit / mar / rasterar / randomar
+def family(model: str) -> registry.Family:
+    """The registered family of a generator preset (what its sampling steps mean: `.sampling`)."""
+    return registry.family_of("generator", model)
+
+
+def _dit_steps(gen, case: Case) -> tuple[int, str]:
+    return len(gen.respaced(str(case.steps or gen.cfg.sample_steps)).timestep_map), "DDPM steps (NFE)"
+
+
+def _lightningdit_steps(gen, case: Case) -> tuple[int, str]:
+    return int(case.steps or gen.cfg.sample_steps) - 1, "Euler steps (NFE)"
+
+
+def _sit_steps(gen, case: Case) -> tuple[int, str]:
+    return -1, "dopri5 NFE (counted)"  # adaptive: run_sample_case counts the model calls
+
+
+def _mar_steps(gen, case: Case) -> tuple[int, str]:
+    return int(case.steps or gen.cfg.num_iter), "AR iterations"
+
+
+def _token_steps(gen, case: Case) -> tuple[int, str]:
+    return gen.seq_len, "tokens (AR steps)"
+
+
+# family -> (N, unit) of its sampler's outer loop, as `Probe` counts it (the net's forward for the
+# diffusion / flow families, the per-token head's sample for MAR / AR); a family missing here is an error
+STEP_COUNTS: dict[str, Callable[[Any, Case], tuple[int, str]]] = {
+    "dit": _dit_steps,
+    "sit": _sit_steps,
+    "lightningdit": _lightningdit_steps,
+    "mar": _mar_steps,
+    "rasterar": _token_steps,
+    "randomar": _token_steps,
+}
 
 
 def total_steps(gen, case: Case) -> tuple[int, str]:
     """(N, unit) of the sampler run by `case`: model calls for the DiT family, AR steps for MAR / AR."""
-    fam = family(case.model)
-    if fam == "dit":
-        return len(gen.respaced(str(case.steps or gen.cfg.sample_steps)).timestep_map), "DDPM steps (NFE)"
-    if fam == "lightningdit":
-        return int(case.steps or gen.cfg.sample_steps) - 1, "Euler steps (NFE)"
-    if fam == "sit":
-        return -1, "dopri5 NFE (counted)"
-    if fam == "mar":
-        return int(case.steps or gen.cfg.num_iter), "AR iterations"
-    return gen.seq_len, "tokens (AR steps)"
+    fam = family(case.model).name
+    if fam not in STEP_COUNTS:
+        raise BenchError(f"{case.model}: no step count for generator family {fam!r} in bench_generators.py "
+                         f"(known: {', '.join(STEP_COUNTS)}); add one to STEP_COUNTS")  # fmt: skip
+    return STEP_COUNTS[fam](gen, case)
+
+
+def check_cases(cases: dict[str, Case]) -> None:
+    """Every case names a registered generator, and every sampling case one whose steps it can count.
+
+    Run at plan time, so a renamed preset or a new family fails loudly before any case runs.
+    """
+    known = registry.names("generator")
+    for name, case in cases.items():
+        if case.model not in known:
+            raise BenchError(
+                f"case {name}: generator {case.model!r} is not registered; known: {', '.join(known)}"
+            )
+        fam = family(case.model)
+        if case.kind == "sample" and fam.name not in STEP_COUNTS:
+            raise BenchError(f"case {name}: no step count for generator family {fam.name!r} "
+                             f"(known: {', '.join(STEP_COUNTS)}); add one to STEP_COUNTS")  # fmt: skip
+        if case.steps is not None and fam.sampling is not None and fam.sampling.fixed_steps:
+            raise BenchError(f"case {name}: {fam.name} samples {fam.sampling.steps}; its steps cannot be set")
 
 
 # -- sampling ------------------------------------------------------------------------------------------
@@ -242,12 +305,12 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
     fam = family(case.model)
     labels = labels_for(case.batch, args.seed)
     n_total, unit = total_steps(gen, case)
-    stepper = (
-        Probe(gen.net, "forward") if fam in ("dit", "sit", "lightningdit") else Probe(gen.diffloss, "sample")
-    )
-    head = stepper if fam in ("mar", "rasterar", "randomar") else None
+    # one sampler step: a call of the per-token head (MAR / AR families) or of the network (diffusion / flow)
+    has_head = fam.sampling is not None and bool(fam.sampling.head_steps)
+    stepper = Probe(gen.diffloss, "sample") if has_head else Probe(gen.net, "forward")
+    head = stepper if has_head else None
     nfe_note = ""
-    if fam == "sit":
+    if fam.name == "sit":
         # dopri5 is adaptive: count its model calls. This untrained SiT outputs exactly v = 0 (zero-init output
         # layer), so a zero model gives the solver the identical trajectory: count on it (no compute).
         with torch.no_grad():
@@ -255,7 +318,7 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
             zero_out = bool(stepper.real(x, torch.rand(1), labels[:1]).abs().max() == 0)
         stepper.fake = lambda x, t, y: torch.zeros_like(x)
         stepper.reset(0)
-        gen.sample(case.batch, labels, cfg=case.cfg, rng=torch.Generator().manual_seed(args.seed))
+        gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=torch.Generator().manual_seed(args.seed))
         n_total = stepper.calls
         stepper.fake = None
         nfe_note = (f"NFE counted on this untrained model (output exactly 0: {zero_out}); a trained SiT's "
@@ -273,7 +336,7 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         try:
-            gen.sample(case.batch, labels, cfg=case.cfg, rng=g, **kwargs)
+            gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=g, **kwargs)
         except Stop:
             pass
         return time.perf_counter() - t0, stepper.inside
@@ -428,7 +491,7 @@ def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str
         t0 = time.perf_counter()
         try:
             gen.sample(
-                case.batch, labels, cfg=1.0, rng=torch.Generator().manual_seed(0), use_kv_cache=cache
+                case.batch, labels, cfg_scale=1.0, rng=torch.Generator().manual_seed(0), use_kv_cache=cache
             )
         except Stop:
             pass
@@ -540,10 +603,10 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
 
     def run(cache: bool, stop: int = 0, seed: int = 0) -> dict[str, Any]:
         head.reset(stop)
-        kw = {"steps": steps} if steps else {}
+        kw = {"head_steps": steps} if steps else {}
         t0 = time.perf_counter()
         try:
-            gen.sample(case.batch, labels, cfg=case.cfg, rng=torch.Generator().manual_seed(seed),
+            gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=torch.Generator().manual_seed(seed),
                        use_kv_cache=cache, **kw)  # fmt: skip
         except Stop:
             pass
@@ -622,17 +685,25 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-# -- the driver ----------------------------------------------------------------------------------------
-def plan(args: argparse.Namespace) -> list[str]:
+# -- the driver (benchlib.run_jobs) -------------------------------------------------------------------
+def plan(args: argparse.Namespace) -> list[Job]:
+    """The cases to run (--cases, else --quick's, else --groups' in ORDER), each a fresh process."""
+    check_cases(CASES)
     if args.cases:
-        return args.cases.split(",")
-    if args.quick:
-        return QUICK_CASES
-    groups = args.groups.split(",")
-    return [n for g in ORDER if g in groups for n, c in CASES.items() if c.group == g]
+        names = args.cases.split(",")
+    elif args.quick:
+        names = QUICK_CASES
+    else:
+        groups = args.groups.split(",")
+        names = [n for g in ORDER if g in groups for n, c in CASES.items() if c.group == g]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise BenchError(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    return [case_job(name, args) for name in names]
 
 
-def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def case_job(name: str, args: argparse.Namespace) -> Job:
+    """The case `name`, measured by this script re-invoked in --case mode."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", name, "--json", "--threads", str(args.threads),
            "--seed", str(args.seed), "--case-peak-seconds", str(args.case_peak_seconds),
            "--kv-nocache-repeats", str(args.kv_nocache_repeats)]  # fmt: skip
@@ -642,14 +713,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--repeats", str(args.repeats)]
     if args.quick:
         cmd += ["--quick"]
-    t0 = time.perf_counter()
-    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
-    print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    if proc.returncode or not lines:
-        return {"case": name, "kind": CASES[name].kind, "error": f"exit {proc.returncode}"}
-    return json.loads(lines[-1][len(JSON_MARK) :])
+    return Job({"case": name, "kind": CASES[name].kind}, cmd, label=name)
 
 
 def compare_kv(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
@@ -786,6 +850,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", default=None, help=f"JSON (default {DEFAULT_OUT.relative_to(REPO)}; none with --quick)"
     )
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of the partial result at --out (same settings) and run only the missing ones")  # fmt: skip
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -808,35 +874,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return row
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     out = args.out or (None if args.quick else str(DEFAULT_OUT))
-    machine = machine_info(args.threads)
-    start = matmul_peak(args.peak_seconds)
-    print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
-    result: dict[str, Any] = {
-        "command": command,
-        "machine": machine,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")},
-        "cases": {k: asdict(v) for k, v in CASES.items()},
-        "upstream_reference": UPSTREAM_AR,
-        "note": "latents/s: generator sampling only, the tokenizer decode is not included",
-        "rows": [],
-    }
-    t_run = time.perf_counter()
-    for name in plan(args):
-        result["rows"].append(run_child(name, args))
-        if out:  # partial results survive an interrupted run
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
-    end = matmul_peak(args.peak_seconds)
-    peak = max(start["max_gflops"], end["max_gflops"])
-    result["matmul_peak"] = {"start": start, "end": end, "peak_gflops": peak, "n": MATMUL_N}
-    result["wall_seconds"] = time.perf_counter() - t_run
-    for row in result["rows"]:
-        if not row.get("error") and "gflops_achieved" in row:
-            row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
-    result["kv_comparison"] = compare_kv(result["rows"], peak)
+    try:
+        jobs = plan(args)
+        header: dict[str, Any] = {
+            "command": command,
+            "machine": machine_info(args.threads),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")},
+            "cases": {k: asdict(v) for k, v in CASES.items()},
+            "upstream_reference": UPSTREAM_AR,
+            "note": "latents/s: generator sampling only, the tokenizer decode is not included",
+        }
+        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume)
+    except BenchError as err:  # before any row ran: one line, no traceback
+        print(f"bench_generators.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    result["kv_comparison"] = compare_kv(result["rows"], result["matmul_peak"]["peak_gflops"])
+    if out:
+        write_json(out, result)
     print_table(result)
     if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n[bench] wrote {out}", file=sys.stderr)
     return result
 

@@ -2,11 +2,13 @@
 
 Method and results: docs/benchmarks.md. Every (case, flavour, variant) row runs in a fresh subprocess
 (this script re-invoked with --case ... --json) so peak RSS does not mix between rows; the float32
-2048 x 2048 matmul peak is measured in the parent at the start and at the end of the run.
+2048 x 2048 matmul peak is measured in the parent at the start and at the end of the run. The result file
+is rewritten after every row ("partial": true until the run ends); --resume continues an interrupted run.
 
     python benchmarks/bench_tokenizer.py                    # all cases -> docs/benchmarks/tokenizer.json
     python benchmarks/bench_tokenizer.py --variants         # + implementation-option rows
     python benchmarks/bench_tokenizer.py --quick --out /tmp/tok.json      # smoke test
+    python benchmarks/bench_tokenizer.py --resume           # continue an interrupted run (same settings)
     python benchmarks/bench_tokenizer.py --profile detok_ss_32            # top ops of 3 training steps
 """
 
@@ -19,27 +21,40 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchlib import MATMUL_N, REPO, counter, fmt_range, machine_info, matmul_peak, rss_mb, summary
-from detok.cli.train import tokenizer_config
+from benchlib import (
+    JSON_MARK,
+    MATMUL_N,
+    REPO,
+    BenchError,
+    Job,
+    counter,
+    fmt_range,
+    machine_info,
+    matmul_peak,
+    rss_mb,
+    run_jobs,
+    summary,
+    write_json,
+)
+from detok import registry
 from detok.engine.ema import EMA
-from detok.engine.tasks import TokenizerRunConfig, TokenizerTask
+from detok.engine.tasks import TokenizerTask
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.nn.optim import split_decay
+from detok.runs.config import TokenizerRunConfig, tokenizer_config
 from detok.tokenizers.detok import DeTok
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "tokenizer.json"
-JSON_MARK = "BENCH_JSON "
 NO_GAN = 2**62  # disc_start_step that is never reached
 
 # Upstream l-DeTok's model code, measured by the issue author on a machine with a ~240 GFLOP/s float32
@@ -506,44 +521,50 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-# -- the driver ---------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    case: str
-    flavour: str
-    variant: str = "eager"
-    extra: list[str] = field(default_factory=list)
+# -- the driver (benchlib.run_jobs) -------------------------------------------------------------------
+def check_cases() -> None:
+    """Every case's tokenizer preset is a registered tokenizer: a renamed preset fails here, at plan time."""
+    known = registry.names("tokenizer")
+    for name, case in CASES.items():
+        if case.model is not None and case.model not in known:
+            raise BenchError(
+                f"case {name}: tokenizer {case.model!r} is not registered; known: {', '.join(known)}"
+            )
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
     """Rows to run: every case; "full" for small cases (or all with --full-all); variants on request."""
+    check_cases()
     names = args.cases.split(",") if args.cases else list(CASES)
-    jobs: list[Job] = []
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise BenchError(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    rows: list[tuple[str, str, str]] = []  # (case, flavour, variant)
     for name in names:
         case = CASES[name]
         if case.kind == "encode":
-            jobs.append(Job(name, "encode"))
+            rows.append((name, "encode", "eager"))
             continue
         for flavour in args.flavours.split(","):
             if flavour == "full" and not (case.small or args.full_all):
                 continue
-            jobs.append(Job(name, flavour))
+            rows.append((name, flavour, "eager"))
         if args.variants and (case.small or args.variants_all):
-            jobs += [Job(name, "model", v) for v in VARIANTS if v != "eager"]
-    return jobs
+            rows += [(name, "model", v) for v in VARIANTS if v != "eager"]
+    return [row_job(*row, args) for row in rows]
 
 
-def run_child(job: Job, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one row in a fresh interpreter and parse its JSON line."""
+def row_job(case: str, flavour: str, variant: str, args: argparse.Namespace) -> Job:
+    """The row (case, flavour, variant), measured by this script re-invoked in --case mode."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--case",
-        job.case,
+        case,
         "--flavour",
-        job.flavour,
+        flavour,
         "--variant",
-        job.variant,
+        variant,
         "--json",
         "--threads",
         str(args.threads),
@@ -556,17 +577,7 @@ def run_child(job: Job, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--warmup", str(args.warmup)]
     if args.repeats:
         cmd += ["--repeats", str(args.repeats)]
-    print(f"[bench] {job.case} / {job.flavour} / {job.variant} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
-    if proc.returncode or not lines:
-        return {
-            "case": job.case,
-            "flavour": job.flavour,
-            "variant": job.variant,
-            "error": f"exit {proc.returncode}",
-        }
-    return json.loads(lines[-1][len(JSON_MARK) :])
+    return Job({"case": case, "flavour": flavour, "variant": variant}, cmd)
 
 
 def compare(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
@@ -705,6 +716,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", default="", metavar="CASE", help="print a torch.profiler table of one case and exit"
     )
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of the partial result at --out (same settings) and run only the missing ones",
+    )
     # internal: one row in this process
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
     p.add_argument("--flavour", default="model", help=argparse.SUPPRESS)
@@ -734,31 +750,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         profile_one(args)
         return None
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    machine = machine_info(args.threads)
-    start = matmul_peak(args.peak_seconds)
-    print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
-    rows = [run_child(job, args) for job in plan(args)]
-    end = matmul_peak(args.peak_seconds)
-    peak = max(start["max_gflops"], end["max_gflops"])
-    for row in rows:
-        if not row.get("error"):
-            row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
-    result = {
-        "command": command,
-        "machine": machine,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("case", "flavour", "variant", "json")},
-        "matmul_peak": {"start": start, "end": end, "peak_gflops": peak, "n": MATMUL_N},
-        "variants": VARIANTS,
-        "cases": {k: asdict(v) for k, v in CASES.items()},
-        "upstream_reference": UPSTREAM,
-        "rows": rows,
-        "comparison": compare(rows, peak),
-    }
-    print_table(result)
     out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    try:
+        jobs = plan(args)
+        header = {
+            "command": command,
+            "machine": machine_info(args.threads),
+            "settings": {
+                k: v for k, v in vars(args).items() if k not in ("case", "flavour", "variant", "json")
+            },
+            "variants": VARIANTS,
+            "cases": {k: asdict(v) for k, v in CASES.items()},
+            "upstream_reference": UPSTREAM,
+        }
+        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume)
+    except BenchError as err:  # before any row ran: one line, no traceback
+        print(f"bench_tokenizer.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    result["comparison"] = compare(result["rows"], result["matmul_peak"]["peak_gflops"])
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
+    print_table(result)
+    if out:
         print(f"\n[bench] wrote {out}", file=sys.stderr)
     return result
 

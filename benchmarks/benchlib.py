@@ -1,17 +1,26 @@
-"""Measurement helpers shared by the benchmark scripts: FLOP counting, the matmul peak, the machine record.
+"""Helpers shared by the benchmark scripts: FLOP counting, the matmul peak, the machine record, the driver.
 
 Method: docs/benchmarks.md. Imported by the scripts as `benchlib` (the scripts' folder is on sys.path).
+
+The driver (`run_jobs`) runs every row of a benchmark in a fresh process (so peak RSS does not mix between
+rows): the script re-invokes itself with the row's arguments, and the child prints its row as one JSON line
+marked `JSON_MARK` on stdout. After every row the result so far is written (atomically) with
+`"partial": true`, so an interrupted run keeps the rows it measured, and `resume=True` continues it.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import resource
 import statistics
 import subprocess
+import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 MATMUL_N = 2048  # side of the float32 matmul whose rate is the machine's reference peak
+JSON_MARK = "BENCH_JSON "  # a child's stdout line "BENCH_JSON {row}" carries its row
+STDERR_TAIL = 2000  # characters of a failed child's stderr kept in its error row
 
 
 def _sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
@@ -118,3 +129,180 @@ def summary(values: list[float]) -> dict[str, float]:
 def fmt_range(stats: dict[str, float], fmt: str) -> str:
     """The string 'median [min-max]', each value with format `fmt`."""
     return f"{stats['median']:{fmt}} [{stats['min']:{fmt}}-{stats['max']:{fmt}}]"
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+class BenchError(ValueError):
+    """A benchmark that cannot start as asked (unknown case, renamed preset, a result it cannot resume).
+
+    The scripts' main() turns it into one line on stderr and exit status 2, before any row runs.
+    """
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of a benchmark: the command of the fresh process that measures it, and the row's identity.
+
+    `key` holds the fields that identify the row (e.g. case, flavour, variant): an error row is `key` plus
+    "error", and `resume` keeps an earlier row whose fields equal `key`. The child prints its row as one
+    stdout line `JSON_MARK + json.dumps(row)` (the last such line counts) and exits 0.
+    """
+
+    key: dict[str, Any]
+    argv: list[str]
+    label: str = ""
+    env: dict[str, str] | None = field(default=None, compare=False)  # None: the parent's environment
+
+
+def child_row(job: Job) -> dict[str, Any]:
+    """Run `job.argv` in a fresh process; its JSON row, or `key` + "error" (+ its stderr's tail) if it failed.
+
+    The child's stderr is passed through to ours as it comes (progress lines) and its tail kept for the
+    error row; stdout is read for the JSON line.
+    """
+    proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=job.env)
+    tail = bytearray()
+
+    def tee() -> None:
+        assert proc.stderr is not None
+        raw = getattr(sys.stderr, "buffer", None)
+        while chunk := proc.stderr.read1(65536):
+            if raw is not None:
+                raw.write(chunk)
+                raw.flush()
+            else:  # a text-only stderr (e.g. replaced by a test harness)
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+            tail.extend(chunk)
+            del tail[: max(0, len(tail) - 4 * STDERR_TAIL)]  # keep a bounded tail (bytes ~ characters)
+
+    thread = threading.Thread(target=tee, daemon=True)
+    thread.start()
+    try:
+        assert proc.stdout is not None
+        stdout = proc.stdout.read().decode(errors="replace")
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted (KeyboardInterrupt): do not leave the child running
+            proc.kill()
+            proc.wait()
+    thread.join()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(JSON_MARK)]
+    if code == 0 and lines:
+        return json.loads(lines[-1][len(JSON_MARK) :])
+    reason = f"exit {code}" if code else "exit 0 without a JSON row"
+    return {**job.key, "error": reason, "stderr_tail": tail.decode(errors="replace")[-STDERR_TAIL:]}
+
+
+def write_json(path: str | Path, obj: dict[str, Any]) -> None:
+    """Write `obj` as indented JSON atomically: a temporary file beside `path`, then renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _same_run(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must agree for a resumed run to extend an earlier one (not the resume flag)."""
+    return {k: v for k, v in settings.items() if k != "resume"}
+
+
+def load_partial(path: str | Path, header: dict[str, Any]) -> dict[str, Any] | None:
+    """The partial result at `path` that a run with `header` may resume; None if there is no file.
+
+    Raises BenchError if the file is a complete result, or was made with other settings or on another CPU
+    (its rows would not be comparable with the new ones).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    if not old.get("partial"):
+        raise BenchError(f"cannot resume {path}: it is a complete result, not a partial one")
+    if _same_run(old.get("settings", {})) != _same_run(header.get("settings", {})):
+        raise BenchError(f"cannot resume {path}: it was run with other settings ({old.get('settings')})")
+    was, now = old.get("machine", {}), header.get("machine", {})
+    if (was.get("cpu"), was.get("threads")) != (now.get("cpu"), now.get("threads")):
+        raise BenchError(
+            f"cannot resume {path}: it was run on {was.get('cpu')} with {was.get('threads')} threads"
+        )
+    return old
+
+
+def _take_row(rows: list[dict[str, Any]], key: dict[str, Any]) -> dict[str, Any] | None:
+    """Remove and return the first row without an error whose fields equal `key` (None if there is none)."""
+    for i, row in enumerate(rows):
+        if not row.get("error") and all(row.get(k) == v for k, v in key.items()):
+            return rows.pop(i)
+    return None
+
+
+def run_jobs(
+    jobs: list[Job],
+    header: dict[str, Any],
+    out: str | Path | None,
+    *,
+    peak_seconds: float,
+    resume: bool = False,
+    peak_n: int = MATMUL_N,
+) -> dict[str, Any]:
+    """Run every job in a fresh process and gather the rows into one result, saved after every row.
+
+    result = header ("command", "machine", "settings", the script's own keys) + "rows" (in job order)
+    + "matmul_peak" (float32 peak_n^2 matmul rate at the start and the end of the run, and their max)
+    + "wall_seconds"; every row with "gflops_achieved" gets "peak_fraction" of that peak. While it runs,
+    `out` holds the rows so far with "partial": true (and the start peak); the complete result (returned,
+    not yet written: the caller adds its comparisons and writes it with `write_json`) has no "partial" key.
+
+    resume: keep the rows of a partial result at `out` made with the same settings on the same CPU
+    (re-running only the missing and failed ones); the peak is then the max over both runs and "resumed"
+    records the earlier run's machine and start peak.
+    """
+    kept: list[dict[str, Any]] = []  # the earlier run's rows, taken as their jobs come up
+    earlier: dict[str, Any] | None = None  # what `result["resumed"]` records of the earlier run
+    if resume:
+        if out is None:
+            raise BenchError("resume needs an output file (--out) to resume from")
+        old = load_partial(out, header)
+        if old is None:
+            print(f"[bench] {out} does not exist: nothing to resume, starting afresh", file=sys.stderr)
+        else:
+            kept = list(old.get("rows", []))
+            earlier = {
+                "machine": old.get("machine"),
+                "matmul_peak_start": old.get("matmul_peak", {}).get("start"),
+            }
+    start = matmul_peak(peak_seconds, peak_n)
+    print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+    # the start peak a partial file records: the best of this run's and the earlier run's (chained resumes)
+    best_start = start
+    if earlier is not None and earlier["matmul_peak_start"]:
+        best_start = max(start, earlier["matmul_peak_start"], key=lambda p: p["max_gflops"])
+    result: dict[str, Any] = {**header, "rows": []}
+    t_run = time.perf_counter()
+    n_kept = 0
+    for job in jobs:
+        label = job.label or " / ".join(str(v) for v in job.key.values())
+        row = _take_row(kept, job.key) if earlier is not None else None
+        if row is not None:
+            n_kept += 1
+            print(f"[bench] {label}: kept from the partial result", file=sys.stderr, flush=True)
+        else:
+            t0 = time.perf_counter()
+            print(f"[bench] {label} ...", file=sys.stderr, flush=True)
+            row = child_row(job)
+            print(f"[bench] {label} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        result["rows"].append(row)
+        if earlier is not None:
+            result["resumed"] = {**earlier, "rows_kept": n_kept}
+        if out:  # the rows so far survive an interrupted run
+            write_json(out, {**result, "partial": True, "matmul_peak": {"start": best_start, "n": peak_n}})
+    end = matmul_peak(peak_seconds, peak_n)
+    peak = max(best_start["max_gflops"], end["max_gflops"])
+    result["matmul_peak"] = {"start": start, "end": end, "peak_gflops": peak, "n": peak_n}
+    result["wall_seconds"] = time.perf_counter() - t_run
+    for row in result["rows"]:
+        if not row.get("error") and "gflops_achieved" in row:
+            row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
+    return result

@@ -93,7 +93,7 @@ def test_convert_upstream_checkpoint(upstream_fixture, tmp_path):
     torch.save(fx["checkpoint"], src)
     (tmp_path / "stats.json").write_text(json.dumps({"mean": list(range(32)), "std": [2.0] * 32}))
     out = tmp_path / "converted"
-    assert main(["convert", str(src), str(out), "--stats", str(tmp_path / "stats.json")]) == 0
+    assert main(["convert", str(src), str(out), "--stats", str(tmp_path / "stats.json"), "--heads", "2"]) == 0
     tok = load_tokenizer(out)
     assert tok.cfg.rope_layout == "upstream" and Checkpoint(out).kind == "tokenizer"
     torch.testing.assert_close(tok.latent_mean, torch.arange(16.0))  # the first 16 channels: posterior means
@@ -148,7 +148,7 @@ def test_convert_upstream_mar_then_load(upstream_fixture, tmp_path):
     fx = upstream_fixture["mar_tiny"]
     src = tmp_path / "mar.pth"
     torch.save(fx["checkpoint"], src)
-    assert main(["convert", str(src), str(tmp_path / "mar")]) == 0
+    assert main(["convert", str(src), str(tmp_path / "mar"), "--heads", "2"]) == 0
     gen, cfg = load_generator(tmp_path / "mar")
     assert cfg["latent_shape"] == [16, 4, 4] and cfg["num_classes"] == 10
     with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detok.config import ConfigError, from_dict, parse_override, resolve, to_dict
-from detok.engine.tasks import TokenizerRunConfig
+from detok.runs.config import TokenizerRunConfig
 
 
 def test_unknown_key_is_an_error_naming_it():

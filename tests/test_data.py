@@ -464,7 +464,7 @@ def test_latent_stats_of_means_and_of_samples():
     torch.testing.assert_close(std_s, (std.double().pow(2) + torch.tensor([0.25, 4.0], dtype=torch.float64)).sqrt().float())
     with pytest.raises(ValueError, match="'mean' \\(upstream\\) or 'sample'"):
         latent_stats(tok, data, torch.device("cpu"), collate=collate, progress=False, of="moments")
-    from detok.engine.tasks import TokenizerRunConfig
+    from detok.runs.config import TokenizerRunConfig
 
     with pytest.raises(ConfigError, match="stats_of: 'moments' is not one of"):  # a run config fails before training
         from_dict(TokenizerRunConfig, {"stats_of": "moments"})

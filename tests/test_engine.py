@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from detok.cli.train import tokenizer_config, train_tokenizer
 from detok.engine.ema import EMA
 from detok.engine.tasks import TokenizerTask
-from detok.engine.trainer import NonFiniteLoss, OptimConfig, StepSampler, TrainConfig, Trainer
+from detok.engine.trainer import NonFiniteLoss, OptimConfig, StepSampler, Task, TrainConfig, Trainer
 from detok.io import Checkpoint, find_checkpoint, save_checkpoint
 from detok.nn.optim import lr_at, split_decay
+from detok.runs.config import tokenizer_config
+from detok.runs.train import train_tokenizer
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -114,7 +115,7 @@ def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
 
 
-class _ToyTask:
+class _ToyTask(Task):
     """y = w x with a loss that turns NaN on chosen steps."""
 
     ema_module = "model"

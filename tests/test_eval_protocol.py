@@ -141,9 +141,15 @@ def test_bench_table_skips_finished_cells(tiny_runs, fake_features, tmp_path, ca
     assert cell.stat().st_mtime_ns == before
 
 
-def test_bench_rejects_unknown_generator(capsys):
-    assert main(["bench", "tokenizer", "x", "--generators", "sit,vqgan"]) == 2
-    assert "vqgan" in capsys.readouterr().err
+@pytest.mark.parametrize("verb", [["bench", "tokenizer", "no/such/run"], ["quickstart"]])
+def test_unknown_generator_family_is_refused_while_parsing(verb, capsys, tmp_path):
+    """A misspelt family stops at argument parsing (argparse's exit 2), before any tokenizer loads or trains."""
+    with pytest.raises(SystemExit) as e:
+        main([*verb, "--generators", "sit,sti", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown generator family sti" in err and "rasterar" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

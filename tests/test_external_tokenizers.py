@@ -94,7 +94,7 @@ def test_kl16_paper_key_layout_matches_upstream_facts():
 
 
 def test_kl16_small_round_trip_shapes_and_default_stats():
-    tok = build("tokenizer", "mar-kl16", **SMALL).eval()
+    tok = build("tokenizer", "mar_kl16", **SMALL).eval()
     x = _images()
     with torch.no_grad():
         moments = tok.encode_moments(x)
@@ -121,7 +121,7 @@ def test_kl16_upstream_checkpoint_loads_strict_by_name(tmp_path):
     state = _fake_upstream_state(layout)
     path = tmp_path / "kl16.ckpt"
     torch.save({"model": state}, path)
-    tok = load_tokenizer(f"mar-kl16:{path}", image_size=32)
+    tok = load_tokenizer(f"mar_kl16:{path}", image_size=32)
     assert isinstance(tok, KL16Tokenizer) and not tok.training
     assert tok.cfg.ch_mult == (1, 2, 2) and tok.cfg.attn_levels == (2,) and tok.cfg.embed_dim == 4
     loaded = tok.vae.state_dict()
@@ -135,23 +135,34 @@ def test_kl16_upstream_checkpoint_loads_strict_by_name(tmp_path):
     del state["decoder.conv_out.bias"]
     torch.save({"model": state}, tmp_path / "broken.ckpt")
     with pytest.raises(RuntimeError, match="decoder.conv_out.bias"):
-        load_tokenizer(f"mar-kl16:{tmp_path / 'broken.ckpt'}", image_size=32)
+        load_tokenizer(f"mar_kl16:{tmp_path / 'broken.ckpt'}", image_size=32)
 
 
 def test_kl16_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="kl16.ckpt"):
-        load_tokenizer(f"mar-kl16:{tmp_path / 'nope.ckpt'}")
+        load_tokenizer(f"mar_kl16:{tmp_path / 'nope.ckpt'}")
     torch.save({"model": {"something.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(KeyError, match="not an LDM"):
-        load_tokenizer(f"mar-kl16:{tmp_path / 'other.ckpt'}")
+        load_tokenizer(f"mar_kl16:{tmp_path / 'other.ckpt'}")
     with pytest.raises(ValueError, match="multiple of the stride"):
         KL16Tokenizer(KL16Config(**{**SMALL, "image_size": 30}))
 
 
 def test_parse_spec():
-    assert parse_spec("mar-kl16:/a/kl16.ckpt") == ("mar-kl16", "/a/kl16.ckpt")
-    assert parse_spec("sd-vae:rel/folder") == ("sd-vae", "rel/folder")
-    assert parse_spec("runs/tok") is None and parse_spec("other:/x") is None and parse_spec("sd-vae:") is None
+    assert parse_spec("mar_kl16:/a/kl16.ckpt") == ("mar_kl16", "/a/kl16.ckpt")
+    assert parse_spec("sd_vae:rel/folder") == ("sd_vae", "rel/folder")
+    assert parse_spec("runs/tok") is None and parse_spec("other:/x") is None and parse_spec("sd_vae:") is None
+
+
+def test_kebab_case_specs_and_names_are_deprecated_aliases():
+    """The pre-0.2 spellings still work for one release, each with a DeprecationWarning naming the new one."""
+    with pytest.warns(DeprecationWarning, match="mar_kl16"):
+        assert parse_spec("mar-kl16:/a/kl16.ckpt") == ("mar_kl16", "/a/kl16.ckpt")
+    with pytest.warns(DeprecationWarning, match="sd_vae"):
+        assert parse_spec("sd-vae:rel/folder") == ("sd_vae", "rel/folder")
+    with pytest.warns(DeprecationWarning, match="'mar_kl16'"):
+        tok = build("tokenizer", "mar-kl16", **SMALL)
+    assert type(tok).__name__ == "KL16Tokenizer"
 
 
 def test_saved_external_tokenizer_keeps_stats_and_feeds_detok_encode(tmp_path):
@@ -196,7 +207,7 @@ def test_diffusers_folder_loads_and_matches_diffusers_exactly(tmp_path):
     vae = _tiny_vae()
     vae.save_pretrained(tmp_path / "vae")
     x = _images()
-    for source in (tmp_path / "vae", f"sd-vae:{tmp_path / 'vae'}", f"diffusers:{tmp_path / 'vae'}"):
+    for source in (tmp_path / "vae", f"sd_vae:{tmp_path / 'vae'}", f"diffusers:{tmp_path / 'vae'}"):
         tok = load_tokenizer(source, image_size=32)
         assert tok.latent_shape == (4, 16, 16) and tok.cfg.image_size == 32
         with torch.no_grad():
@@ -232,7 +243,7 @@ def test_diffusers_checkpoint_round_trip(tmp_path):
 def test_diffusers_errors(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
-        load_tokenizer(f"sd-vae:{tmp_path / 'missing'}")
+        load_tokenizer(f"sd_vae:{tmp_path / 'missing'}")
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if not installed
@@ -243,7 +254,7 @@ def test_diffusers_errors(tmp_path, monkeypatch):
 def test_sd_vae_registry_default_is_sd_architecture():
     pytest.importorskip("diffusers")
     with torch.device("meta"):
-        tok = build("tokenizer", "sd-vae")
+        tok = build("tokenizer", "sd_vae")
     assert tok.latent_shape == (4, 32, 32)
     assert abs(sum(p.numel() for p in tok.parameters()) / 1e6 - 83.65) < 0.05  # SD-VAE: 83.65M parameters
 
@@ -251,7 +262,7 @@ def test_sd_vae_registry_default_is_sd_architecture():
 @pytest.mark.slow
 def test_sd_vae_paper_size_shapes():
     pytest.importorskip("diffusers")
-    tok = build("tokenizer", "sd-vae").eval()
+    tok = build("tokenizer", "sd_vae").eval()
     with torch.no_grad():
         moments = tok.encode_moments(_images(1, 256))
         y = tok.decode(moments[:, :4])

@@ -175,9 +175,9 @@ def test_sample_shape_and_determinism(name):
     perturb(model)
     labels = torch.tensor([2, 5])
     # MAR: more AR iterations (20) than tokens (16) exercises the schedule's clamping
-    kw = {"steps": 20, "diffusion_steps": 25} if name.startswith("mar") else {"steps": "10"}
-    a = model.sample(2, labels, cfg=3.0, rng=gen(0), **kw)
-    b = model.sample(2, labels, cfg=3.0, rng=gen(0), **kw)
+    kw = {"steps": 20, "head_steps": 25} if name.startswith("mar") else {"head_steps": "10"}
+    a = model.sample(2, labels, cfg_scale=3.0, rng=gen(0), **kw)
+    b = model.sample(2, labels, cfg_scale=3.0, rng=gen(0), **kw)
     c = model.sample(2, None, rng=gen(1), **kw)
     assert a.shape == c.shape == (2, *LATENT)
     assert torch.isfinite(a).all() and torch.isfinite(c).all()
@@ -188,7 +188,7 @@ def test_sample_shape_and_determinism(name):
 
 def test_mar_sample_reaches_every_token_in_few_steps():
     model = tiny("mar_tiny").eval()
-    out = model.sample(3, torch.tensor([0, 1, 2]), cfg=1.5, steps=3, rng=gen(0), diffusion_steps=5)
+    out = model.sample(3, torch.tensor([0, 1, 2]), cfg_scale=1.5, steps=3, rng=gen(0), head_steps=5)
     assert (out != 0).all()
 
 
@@ -210,7 +210,7 @@ def test_kv_cache_equals_full_prefix(name):
         steps += [model.transformer(x[:, i : i + 1], cond[:, i : i + 1], cache) for i in range(3, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
-    kw = {"cfg": 2.5, "steps": "10", "rng": None}
+    kw = {"cfg_scale": 2.5, "head_steps": "10", "rng": None}
     with_cache = model.sample(2, labels, **{**kw, "rng": gen(5)}, use_kv_cache=True)
     without = model.sample(2, labels, **{**kw, "rng": gen(5)}, use_kv_cache=False)
     torch.testing.assert_close(with_cache, without, atol=1e-5, rtol=1e-5)
@@ -229,7 +229,7 @@ def test_diffloss_cfg_one_is_conditional():
     perturb(head)
     z, z_null = torch.randn(3, 8, generator=gen(0)), torch.randn(3, 8, generator=gen(1))
     plain = head.sample(z, steps=10, rng=gen(2))
-    guided = head.sample(z, z_null, cfg=1.0, steps=10, rng=gen(2))
+    guided = head.sample(z, z_null, cfg_scale=1.0, steps=10, rng=gen(2))
     # uncond + 1 * (cond - uncond) equals cond up to float rounding (the perturbed head's samples are ~1e2)
     torch.testing.assert_close(plain, guided, rtol=1e-5, atol=1e-5)
     assert head.sample(z[:0], steps=10).shape == (0, 4)

@@ -142,7 +142,7 @@ def test_sample_shape_and_seeded_determinism(name, cfg):
 
     def draw(seed: int, labels: torch.Tensor | None = y) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return gen.sample(3, labels, cfg=cfg, steps=SAMPLE_STEPS[name], rng=g)
+        return gen.sample(3, labels, cfg_scale=cfg, steps=SAMPLE_STEPS[name], rng=g)
 
     a, b, c = draw(0), draw(0), draw(1)
     assert a.shape == (3, *SHAPE) and torch.isfinite(a).all()

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from detok.cli.train import tokenizer_config
+from detok.cli.report import add_parser as add_report_parser
+from detok.cli.report import run as run_report
 from detok.config import save_yaml
-from detok.eval.report import add_parser as add_report_parser
 from detok.eval.report import build_report, json_tables, read_metrics, render
-from detok.eval.report import run as run_report
+from detok.runs.config import tokenizer_config
 
 STEPS = 20
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

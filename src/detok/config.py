@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -21,6 +22,29 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the dataclass it is meant for."""
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = dataclasses.MISSING,
+    min: float | None = None,
+    max: float | None = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A config field with its `--help` text, inclusive bounds (checked when the config is built) and
+    deprecated key spellings; `factory` for mutable defaults."""
+    meta: dict[str, Any] = {"help": help}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if aliases:
+        meta["aliases"] = tuple(aliases)
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _type_name(tp: Any) -> str:
@@ -107,6 +131,13 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) mapping; unknown keys and bad types raise ConfigError."""
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for f in fields.values():  # deprecated spellings of a key (metadata "aliases"), for one release
+        for old in f.metadata.get("aliases", ()):
+            if old in data:
+                warnings.warn(f"config key {prefix}{old} is deprecated; use {prefix}{f.name}", DeprecationWarning,
+                              stacklevel=2)
+                value = data.pop(old)
+                data.setdefault(f.name, value)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -114,8 +145,24 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
             f"valid keys of {cls.__name__}: {', '.join(sorted(fields))}"
         )
     hints = _hints(cls)
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: _check_range(_coerce(v, hints[k], prefix + k), fields[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str) -> Any:
+    """A field's declared bounds (metadata "min" / "max", inclusive) hold for numbers, else ConfigError."""
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise ConfigError(f"{key}: {value!r} is below its minimum {lo}" + _range_hint(f))
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key}: {value!r} is above its maximum {hi}" + _range_hint(f))
+    return value
+
+
+def _range_hint(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    return f" ({text})" if text else ""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -198,14 +245,18 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
         yaml.safe_dump(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, f, sort_keys=False)
 
 
-def field_help(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, comment) for every leaf field, for `--help` listings."""
+def field_help(cls_or_instance: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, comment) for every leaf field, for `--help` listings.
+
+    Nested sections show the defaults the outer dataclass gives them (a generator run's `optim` has the
+    generator recipe's lr, not OptimConfig's), so pass the class or an instance holding the real defaults.
+    """
+    inst = cls_or_instance() if isinstance(cls_or_instance, type) else cls_or_instance
     rows = []
-    inst = cls()
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(inst):
         value = getattr(inst, f.name)
         if dataclasses.is_dataclass(value):
-            rows += field_help(type(value), prefix + f.name + ".")
+            rows += field_help(value, prefix + f.name + ".")
         else:
             rows.append((prefix + f.name, value, f.metadata.get("help", "")))
     return rows

@@ -1,28 +1,58 @@
-"""Helpers shared by the `detok` verbs: config resolution, run folders, grids, summaries."""
+"""Helpers shared by the `detok` verbs: config options in --help, the registry's families, summaries."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-from pathlib import Path
+import textwrap
 from typing import Any
 
-import torch
-from torchvision.utils import make_grid, save_image
-
 from detok.config import field_help, resolve
-from detok.io import write_json  # noqa: F401  (re-exported for the verbs)
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """`--config PRESET_OR_YAML` (repeatable) and free `key=value` overrides, with every key in the help."""
+def add_config_args(parser: argparse.ArgumentParser, defaults: Any, example: str = "train.epochs=10") -> None:
+    """`--config PRESET_OR_YAML` (repeatable) and free `key=value` overrides, with every key in the help.
+
+    `defaults` is the run config class or an instance holding the real defaults shown; `example` is an
+    override that this verb really takes.
+    """
     parser.add_argument(
         "--config", action="append", default=[], metavar="YAML", help="preset name or YAML file (repeatable)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=10")
-    rows = "\n".join(f"  {k} = {v!r}" + (f"   # {h}" if h else "") for k, v, h in field_help(cls))
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
+    rows = "\n".join(f"  {k} = {v!r}" + (f"   # {h}" if h else "") for k, v, h in field_help(defaults))
     parser.epilog = (parser.epilog or "") + "\nconfig keys (defaults = the paper's setting):\n" + rows
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def family_help(kind: str) -> str:
+    """The registry's families of `kind`: members, what sampling steps count, and each config field's default."""
+    from detok import registry
+
+    lines = [f"{kind} families (registry):"]
+    for fam in registry.families(kind):
+        lines.append(f"  {fam.name}: {fam.summary}")
+        lines.append(f"    members: {', '.join(registry.members(kind, fam.name))}")
+        if fam.sampling is not None:
+            s = fam.sampling
+            lines.append(f"    sample steps: {s.steps} (default {s.default_steps})")
+            if s.head_steps:
+                lines.append(f"    head steps: {s.head_steps} (default {s.default_head_steps})")
+        if fam.config is not None:
+            fields = [f"{f.name}={_default(f)!r}" for f in dataclasses.fields(fam.config) if f.init]
+            wrapped = textwrap.wrap(", ".join(fields), width=104)
+            lines.append(f"    {kind} fields ({fam.config.__name__}, base-size defaults; presets set the size):")
+            lines += [f"      {w}" for w in wrapped]
+    return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return "required"
 
 
 def resolve_config(cls: type, presets: list[str], overrides: list[str]):
@@ -32,18 +62,6 @@ def resolve_config(cls: type, presets: list[str], overrides: list[str]):
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-
-def save_pairs_grid(images: torch.Tensor, recon: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """PNG grid of originals over reconstructions, row by row ([-1, 1] inputs)."""
-    n = min(images.shape[0], nrow * 4)
-    rows = []
-    for i in range(0, n, nrow):
-        rows += [images[i : i + nrow], recon[i : i + nrow]]
-    grid = make_grid(torch.cat(rows).float().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1, pad_value=1.0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path))
-    return Path(path)
 
 
 def print_summary(title: str, data: dict[str, Any]) -> None:

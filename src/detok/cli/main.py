@@ -10,8 +10,7 @@ from detok import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from detok.cli import bench, convert, encode, evaluate, quickstart, reconstruct, sample, train
-    from detok.eval import report
+    from detok.cli import bench, convert, encode, evaluate, quickstart, reconstruct, report, sample, train
 
     parser = argparse.ArgumentParser(
         prog="detok",

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from detok.data.build import DataConfig
-from detok.engine.trainer import OptimConfig, TrainConfig
-from detok.eval.probe import ProbeConfig
+from detok.engine.trainer import Task
 from detok.losses.gan import hinge_d_loss
-from detok.losses.tokenizer_loss import TokenizerLoss, TokenizerLossConfig
-from detok.tokenizers.detok import DeTok, DetokConfig
+from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache
-
-
-@dataclass
-class TokenizerRunConfig:
-    """Everything `detok train tokenizer` needs; defaults are the paper's detok_BB 200-epoch recipe."""
-
-    model: str = field(default="detok_bb", metadata={"help": "tokenizer preset the `tokenizer` section started from"})
-    tokenizer: DetokConfig = field(default_factory=DetokConfig)
-    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    disc_start_epoch: float = field(default=100.0, metadata={"help": "GAN on from this epoch (paper: 100 of 200)"})
-    decoder_only: bool = field(default=False, metadata={"help": "freeze the encoder (decoder fine-tuning)"})
-    init_from: str = field(default="", metadata={"help": "initialise weights (EMA) from a detok checkpoint"})
-    stats_images: int = field(default=0, metadata={"help": "images for latent statistics at the end; 0 = all"})
-    stats_of: Literal["mean", "sample"] = field(default="mean", metadata={
-        "help": "latent statistics of posterior 'mean's (upstream) or of posterior 'sample's (what generators see)"})
-    probe: ProbeConfig = field(default_factory=ProbeConfig)  # generation-FID estimate during training (off)
 
 
 class _DiscriminatorPair(nn.Module):
@@ -48,7 +26,7 @@ class _DiscriminatorPair(nn.Module):
             return self.disc(real.float()), self.disc(fake.float())
 
 
-class TokenizerTask:
+class TokenizerTask(Task):
     """l-DeTok training: corrupted reconstruction + perceptual + KL (+ GAN from `disc_start_step`)."""
 
     ema_module = "model"
@@ -95,36 +73,6 @@ class TokenizerTask:
         return losses, logs
 
 
-@dataclass
-class SampleConfig:
-    """Sampling settings used for the end-of-training grid (and as `detok sample` defaults)."""
-
-    cfg: float = 1.0
-    steps: str = field(default="", metadata={"help": "sampler steps; empty = the generator's paper default"})
-    per_class: int = 4
-    seed: int = 0
-
-
-@dataclass
-class GeneratorRunConfig:
-    """Everything `detok train generator` needs (upstream l-DeTok generator recipe by default)."""
-
-    model: str = field(default="sit_b", metadata={"help": "generator name in the registry"})
-    generator: dict[str, Any] = field(default_factory=dict, metadata={"help": "overrides of the generator config"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer run / checkpoint folder (EMA weights)"})
-    cache: str = field(default="", metadata={"help": "latent cache from `detok encode`; empty = encode on the fly"})
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=2e-4, weight_decay=0.0, warmup_epochs=0.0, grad_clip=0.0,
-                                            schedule="constant")
-    )
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(out_dir="runs/generator", global_batch_size=1024, epochs=400.0,
-                                            ema_decay=0.9999)
-    )
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-
 class _GeneratorLoss(nn.Module):
     """`generator.loss` as a module forward, so DDP can wrap any generator whatever its own forward is."""
 
@@ -136,7 +84,7 @@ class _GeneratorLoss(nn.Module):
         return self.generator.loss(latents, labels, rng)
 
 
-class GeneratorTask:
+class GeneratorTask(Task):
     """Generator training on posterior samples of a frozen tokenizer's latents (online or cached)."""
 
     ema_module = "model"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from detok import dist
+from detok.config import option
 from detok.engine.ema import EMA
-from detok.io import Checkpoint, find_checkpoint, save_checkpoint
+from detok.io import Checkpoint, find_checkpoint, save_checkpoint, write_json
 from detok.nn.optim import lr_at, split_decay
 
 log = logging.getLogger("detok")
@@ -39,8 +40,8 @@ UPSTREAM_NO_DECAY = ["ln", "bias", "embedding", "norm", "gamma", "embed", "token
 class OptimConfig:
     """AdamW and its per-step schedule; lr = base_lr * global_batch / 256 unless `lr` is set."""
 
-    base_lr: float = 1e-4
-    lr: float = 0.0
+    base_lr: float = option(1e-4, "learning rate per 256 images: lr = base_lr * global_batch_size / 256", min=0)
+    lr: float = option(0.0, "absolute learning rate; 0 = derived from base_lr (the paper's rule)", min=0)
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -55,35 +56,48 @@ class TrainConfig:
     """Run length, batch, EMA, precision, logging and checkpoint cadence."""
 
     out_dir: str = "runs/tokenizer"
-    global_batch_size: int = field(default=1024, metadata={"help": "summed over all processes (paper: 1024)"})
-    epochs: float = 200.0
-    max_steps: int = field(default=0, metadata={"help": "> 0 overrides epochs"})
-    ema_decay: float = 0.999
+    global_batch_size: int = option(1024, "summed over all processes (paper: 1024)", min=1)
+    epochs: float = option(200.0, "training length in epochs (max_steps > 0 overrides it)", min=0)
+    max_steps: int = option(0, "> 0 overrides epochs", min=0)
+    ema_decay: float = option(0.999, "EMA decay per step", min=0, max=1)
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = field(
         default="auto", metadata={"help": "auto: bf16 autocast on CUDA, float32 on CPU"}
     )
-    log_every: int = 20
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
+    log_every: int = option(20, "log metrics every this many steps", min=1)
+    ckpt_every: int = option(1000, "checkpoint every this many steps", min=1)
+    keep_checkpoints: int = option(2, "newest checkpoints kept (0 = all)", min=0)
     tensorboard: bool = False
     max_bad_steps: int = field(default=5, metadata={"help": "stop after this many non-finite steps in a row"})
     progress: bool = True
 
 
-class Task(Protocol):
-    """What the engine trains. Modules named in `modules()` are checkpointed; `ema_module` gets an EMA."""
+class Task:
+    """What the engine trains (subclass it). Modules named in `modules()` are checkpointed; `ema_module` gets
+    an EMA. `extra_state` / `load_extra_state` carry task state (beyond modules, optimizers and RNG) through
+    checkpoints; the defaults carry none."""
 
-    ema_module: str
+    ema_module: str = "model"
 
-    def modules(self) -> dict[str, nn.Module]: ...
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
 
-    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]: ...
+    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        raise NotImplementedError
 
-    def setup(self, info: dist.DistInfo, wrap) -> None: ...
+    def setup(self, info: dist.DistInfo, wrap) -> None:
+        """Move what the task owns besides `modules()` to the device and DDP-wrap its forwards."""
 
-    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator) -> tuple[dict, dict]: ...
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator) -> tuple[dict, dict]:
+        """(losses per optimizer name, in update order; detached numbers to log)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        del state
 
 
 class NonFiniteLoss(RuntimeError):
@@ -141,16 +155,46 @@ def set_rng_state(state: dict[str, Any], rng: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Hook(Protocol):
-    """A periodic action inside `fit`: called on every rank after each step that is a multiple of `every`.
+class Hook:
+    """A declared trainer hook (subclass it and override what you need); every rank calls every hook.
 
-    It may read `trainer.modules` / `trainer.ema` (the live modules and their EMA) and returns numbers to
-    log (written to metrics.jsonl by the main process) or None. It must not change the trained state.
+    `on_step(trainer, step)` runs after each step that is a multiple of `every` (0 = never) and returns numbers
+    to log (metrics.jsonl, main process) or None; it may read `trainer.modules` / `trainer.ema_copy()` but must
+    not change the trained state. `on_train_end(trainer)` runs once after the last step, before the final
+    checkpoint is written, and may change what is saved (e.g. set latent statistics on the model).
     """
 
-    every: int
+    every: int = 0
 
-    def __call__(self, trainer: Trainer, step: int) -> dict[str, float] | None: ...
+    def on_step(self, trainer: Trainer, step: int) -> dict[str, float] | None:
+        return None
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's length and batch arithmetic, fixed before the first step."""
+
+    images: int
+    per_rank: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    lr: float
+
+
+@dataclass
+class _Progress:
+    """What the loop accumulates: its log record and counters (reported in the summary)."""
+
+    step: int
+    seen: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    bad_streak: int = 0
+    bad_total: int = 0
 
 
 class Trainer:
@@ -194,130 +238,58 @@ class Trainer:
             tqdm.write(text)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, dataset: Dataset, resume: bool = False) -> dict[str, Any]:
-        """Train to the configured length; returns a summary dict (also written as RUN/train_summary.json)."""
+    def plan(self, images: int) -> Plan:
+        """Batch split, steps per epoch, total and warmup steps, peak lr; errors for impossible settings."""
         cfg, info = self.cfg, self.info
         if cfg.global_batch_size % info.world:
             raise ValueError(f"global batch {cfg.global_batch_size} is not divisible by {info.world} processes")
-        per_rank = cfg.global_batch_size // info.world
-        n = len(dataset)  # type: ignore[arg-type]
-        spe = n // cfg.global_batch_size
+        spe = images // cfg.global_batch_size
         if spe < 1:
             raise ValueError(
-                f"dataset of {n} images is smaller than one global batch of {cfg.global_batch_size}; "
+                f"dataset of {images} images is smaller than one global batch of {cfg.global_batch_size}; "
                 "lower train.global_batch_size or use more data"
             )
         total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * spe))
-        warmup = round(self.optim_cfg.warmup_epochs * spe)
         lr = self.optim_cfg.lr or self.optim_cfg.base_lr * cfg.global_batch_size / 256
+        return Plan(images, cfg.global_batch_size // info.world, spe, total,
+                    round(self.optim_cfg.warmup_epochs * spe), lr)
 
+    def fit(self, dataset: Dataset, resume: bool = False) -> dict[str, Any]:
+        """Train to the configured length; returns a summary dict (also written as RUN/train_summary.json)."""
+        cfg, info = self.cfg, self.info
+        plan = self.plan(len(dataset))  # type: ignore[arg-type]
         torch.manual_seed(cfg.seed * info.world + info.rank)
         rng = torch.Generator(device=self.device).manual_seed(cfg.seed * info.world + info.rank)
-        modules = self.task.modules()
-        for m in modules.values():
-            m.to(self.device)
-        self.task.setup(info, self._wrap)
-        optimizers = {}
-        for name, named in self.task.optimizer_params().items():
-            groups = split_decay(named, self.optim_cfg.weight_decay, self.optim_cfg.no_decay)
-            optimizers[name] = torch.optim.AdamW(groups, lr=lr, betas=self.optim_cfg.betas, foreach=True)
-        ema = EMA(modules[self.task.ema_module], cfg.ema_decay)
-
-        start = 0
-        if resume:
-            start = self._restore(modules, ema, optimizers, rng)
+        self._build(plan)
+        start, saved_rng = self._restore() if resume else (0, None)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._log(
-            f"[detok] {self.kind}: {n} images, global batch {cfg.global_batch_size} = {info.world} process(es) x "
-            f"{per_rank} per process, {spe} steps/epoch, {total} steps ({total / spe:.2f} epochs), "
-            f"warmup {warmup} steps, peak lr {lr:.3g}, device {self.device}, "
-            f"precision {'bf16 autocast' if not isinstance(self._autocast(), contextlib.nullcontext) else 'fp32'}"
-            + (f", resuming at step {start}" if start else "")
-        )
-
-        sampler = StepSampler(n, per_rank, info.world, info.rank, cfg.seed, start)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=self.collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+        self._log_plan(plan, start)
+        # The iterator draws its worker base seed from the global RNG when created: create it in the state an
+        # uninterrupted run had at step 0, then restore the checkpoint's RNG, so a resumed run draws exactly as
+        # the uninterrupted one (same worker seeds, same global RNG at every step).
+        data_iter = iter(self._loader(dataset, plan, start))
+        if saved_rng is not None:
+            set_rng_state(saved_rng, rng)
+        progress = _Progress(step=start)
         metrics_file = open(self.run_dir / "metrics.jsonl", "a") if info.is_main else None  # noqa: SIM115
         writer = self._tensorboard() if info.is_main and cfg.tensorboard else None
-        bar = tqdm(total=total, initial=start, disable=not (info.is_main and cfg.progress), desc=self.kind)
-        skipped: list[str] = []
-        bad_streak, bad_total = 0, 0
-        t0, seen, last = time.perf_counter(), 0, {}
-        step = start
-        data_iter = iter(loader)
+        bar = tqdm(total=plan.total, initial=start, disable=not (info.is_main and cfg.progress), desc=self.kind)
+        t0 = time.perf_counter()
         try:
-            while step < total:
-                batch = next(data_iter)
-                for paths in batch.pop("skipped", []) or []:
-                    skipped.extend([paths] if isinstance(paths, str) else paths)
-                batch = _to_device(batch, self.device)
-                cur_lr = lr_at(step, lr, total, warmup, self.optim_cfg.schedule, self.optim_cfg.min_lr)
-                for opt in optimizers.values():
-                    for group in opt.param_groups:
-                        group["lr"] = cur_lr
-                with self._autocast():
-                    losses, logs = self.task.step(batch, step, rng)
-                finite = all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())
-                if dist.any_rank(not finite, self.device):
-                    bad_streak, bad_total = bad_streak + 1, bad_total + 1
-                    self._log(
-                        f"[detok] step {step}: non-finite loss "
-                        f"({ {k: float(v.detach()) for k, v in losses.items()} }); update skipped, "
-                        f"last good checkpoint kept"
-                    )
-                    if bad_streak >= cfg.max_bad_steps:
-                        raise NonFiniteLoss(
-                            f"{bad_streak} non-finite steps in a row at step {step}; the last good checkpoint "
-                            f"in {self.run_dir / 'checkpoints'} is untouched. Lower the lr or check the data."
-                        )
-                    step += 1
-                    bar.update(1)
-                    continue
-                bad_streak = 0
-                grad_norms = {}
-                for name, loss in losses.items():
-                    opt = optimizers[name]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    params = [p for g in opt.param_groups for p in g["params"]]
-                    if self.optim_cfg.grad_clip > 0:
-                        grad_norms[name] = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip))
-                    opt.step()
-                ema.update(modules[self.task.ema_module])
-                step += 1
-                seen += cfg.global_batch_size
+            while progress.step < plan.total:
+                rec = self._train_step(next(data_iter), plan, progress, rng)
                 bar.update(1)
-                last = {k: float(v) for k, v in logs.items()}
-                if step % cfg.log_every == 0 or step == total:
-                    rec = {"step": step, "epoch": step / spe, "lr": cur_lr, **last}
-                    rec.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
-                    rec["img_per_s"] = seen / (time.perf_counter() - t0)
-                    if metrics_file:
-                        metrics_file.write(json.dumps(rec) + "\n")
-                        metrics_file.flush()
-                    if writer:
-                        for k, v in rec.items():
-                            writer.add_scalar(f"{self.kind}/{k}", v, step)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
-                if step % cfg.ckpt_every == 0 and step < total:
-                    self._save(step, modules, ema, optimizers, rng)
-                for hook in self.hooks:
-                    if hook.every > 0 and step % hook.every == 0:
-                        self.modules, self.ema = modules, ema
-                        values = hook(self, step)  # every rank calls; the hook decides who works
-                        if values and metrics_file:
-                            metrics_file.write(json.dumps({"step": step, "epoch": step / spe, **values}) + "\n")
-                            metrics_file.flush()
-                        if values:
-                            self._log(f"[detok] step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+                if rec is None:
+                    continue
+                step = progress.step
+                if step % cfg.log_every == 0 or step == plan.total:
+                    rec["img_per_s"] = progress.seen / (time.perf_counter() - t0)
+                    self._write(metrics_file, writer, rec)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(progress.last.items())[:3]})
+                if step % cfg.ckpt_every == 0 and step < plan.total:
+                    self._save(step, rng)
+                self._run_hooks(step, plan, metrics_file)
         finally:
             bar.close()
             if metrics_file:
@@ -325,28 +297,116 @@ class Trainer:
             if writer:
                 writer.close()
         seconds = time.perf_counter() - t0
-        self.modules, self.ema = modules, ema
-        if hasattr(self.task, "on_train_end"):
-            self.task.on_train_end(self)
-        self._save(step, modules, ema, optimizers, rng)
+        for hook in self.hooks:
+            hook.on_train_end(self)
+        self._save(progress.step, rng)
+        return self._summary(plan, progress, seconds)
+
+    def _build(self, plan: Plan) -> None:
+        """Modules on the device, DDP wrappers, one AdamW per optimizer name, the EMA."""
+        self.modules = self.task.modules()
+        for m in self.modules.values():
+            m.to(self.device)
+        self.task.setup(self.info, self._wrap)
+        self.optimizers = {}
+        for name, named in self.task.optimizer_params().items():
+            groups = split_decay(named, self.optim_cfg.weight_decay, self.optim_cfg.no_decay)
+            self.optimizers[name] = torch.optim.AdamW(groups, lr=plan.lr, betas=self.optim_cfg.betas, foreach=True)
+        self.ema = EMA(self.modules[self.task.ema_module], self.cfg.ema_decay)
+
+    def _loader(self, dataset: Dataset, plan: Plan, start: int) -> DataLoader:
+        sampler = StepSampler(plan.images, plan.per_rank, self.info.world, self.info.rank, self.cfg.seed, start)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _log_plan(self, plan: Plan, start: int) -> None:
+        cfg, info = self.cfg, self.info
+        precision = "bf16 autocast" if not isinstance(self._autocast(), contextlib.nullcontext) else "fp32"
+        self._log(
+            f"[detok] {self.kind}: {plan.images} images, global batch {cfg.global_batch_size} = {info.world} "
+            f"process(es) x {plan.per_rank} per process, {plan.steps_per_epoch} steps/epoch, {plan.total} steps "
+            f"({plan.total / plan.steps_per_epoch:.2f} epochs), warmup {plan.warmup} steps, peak lr {plan.lr:.3g}, "
+            f"device {self.device}, precision {precision}" + (f", resuming at step {start}" if start else "")
+        )
+
+    def _train_step(self, batch: dict[str, Any], plan: Plan, progress: _Progress, rng: torch.Generator):
+        """One optimisation step; returns its log record, or None when a non-finite loss skipped the update."""
+        cfg, step = self.cfg, progress.step
+        for paths in batch.pop("skipped", []) or []:
+            progress.skipped.extend([paths] if isinstance(paths, str) else paths)
+        batch = _to_device(batch, self.device)
+        cur_lr = lr_at(step, plan.lr, plan.total, plan.warmup, self.optim_cfg.schedule, self.optim_cfg.min_lr)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = cur_lr
+        with self._autocast():
+            losses, logs = self.task.step(batch, step, rng)
+        finite = all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())
+        if dist.any_rank(not finite, self.device):
+            progress.bad_streak += 1
+            progress.bad_total += 1
+            self._log(f"[detok] step {step}: non-finite loss ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+                      "update skipped, last good checkpoint kept")
+            if progress.bad_streak >= cfg.max_bad_steps:
+                raise NonFiniteLoss(
+                    f"{progress.bad_streak} non-finite steps in a row at step {step}; the last good checkpoint "
+                    f"in {self.run_dir / 'checkpoints'} is untouched. Lower the lr or check the data."
+                )
+            progress.step += 1
+            return None
+        progress.bad_streak = 0
+        grad_norms = {}
+        for name, loss in losses.items():
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.optim_cfg.grad_clip > 0:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                grad_norms[name] = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip))
+            opt.step()
+        self.ema.update(self.modules[self.task.ema_module])
+        progress.step += 1
+        progress.seen += cfg.global_batch_size
+        progress.last = {k: float(v) for k, v in logs.items()}
+        rec = {"step": progress.step, "epoch": progress.step / plan.steps_per_epoch, "lr": cur_lr, **progress.last}
+        rec.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
+        return rec
+
+    def _write(self, metrics_file, writer, rec: dict[str, float]) -> None:
+        if metrics_file:
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+        if writer:
+            for k, v in rec.items():
+                writer.add_scalar(f"{self.kind}/{k}", v, rec["step"])
+
+    def _run_hooks(self, step: int, plan: Plan, metrics_file) -> None:
+        for hook in self.hooks:
+            if hook.every > 0 and step % hook.every == 0:
+                values = hook.on_step(self, step)  # every rank calls; the hook decides who works
+                if values:
+                    self._write(metrics_file, None, {"step": step, "epoch": step / plan.steps_per_epoch, **values})
+                    self._log(f"[detok] step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def _summary(self, plan: Plan, progress: _Progress, seconds: float) -> dict[str, Any]:
         summary = {
             "kind": self.kind,
-            "steps": step,
-            "epochs": step / spe,
+            "steps": progress.step,
+            "epochs": progress.step / plan.steps_per_epoch,
             "seconds": seconds,
-            "img_per_s": seen / seconds if seconds > 0 else 0.0,
-            "global_batch_size": cfg.global_batch_size,
-            "per_process_batch_size": per_rank,
-            "processes": info.world,
-            "final": last,
-            "non_finite_steps": bad_total,
-            "skipped_images": sorted(set(skipped)),
+            "img_per_s": progress.seen / seconds if seconds > 0 else 0.0,
+            "global_batch_size": self.cfg.global_batch_size,
+            "per_process_batch_size": plan.per_rank,
+            "processes": self.info.world,
+            "final": progress.last,
+            "non_finite_steps": progress.bad_total,
+            "skipped_images": sorted(set(progress.skipped)),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if self.device.type == "cuda":
             summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        if info.is_main:
-            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if self.info.is_main:
+            write_json(self.run_dir / "train_summary.json", summary)
         return summary
 
     def ema_copy(self) -> nn.Module:
@@ -358,20 +418,20 @@ class Trainer:
         return model.eval()
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _save(self, step, modules, ema, optimizers, rng) -> None:
-        extra = getattr(self.task, "extra_state", lambda: {})()
-        # RNG states differ per rank; each rank keeps its own in state-rank{r}.pt beside rank 0's checkpoint.
+    def _save(self, step: int, rng: torch.Generator) -> None:
+        # RNG states differ per rank: rank 0's go into state.pt, every rank's (DDP) into
+        # checkpoints/rank_rng/rank{r}.pt, tagged with the step so a stale file is never restored.
         if self.info.is_main:
             save_checkpoint(
                 self.run_dir,
                 step,
                 kind=self.kind,
-                weights={k: m.state_dict() for k, m in modules.items()},
-                ema={self.task.ema_module: ema.state_dict()},
+                weights={k: m.state_dict() for k, m in self.modules.items()},
+                ema={self.task.ema_module: self.ema.state_dict()},
                 state={
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                     "rng": rng_state(rng),
-                    "extra": extra,
+                    "extra": self.task.extra_state(),
                 },
                 config=self.config,
                 keep=self.cfg.keep_checkpoints,
@@ -383,17 +443,18 @@ class Trainer:
             torch.save({"step": step, "rng": rng_state(rng)}, rank_dir / f"rank{self.info.rank}.pt")
             dist.barrier()
 
-    def _restore(self, modules, ema, optimizers, rng) -> int:
+    def _restore(self) -> tuple[int, dict[str, Any] | None]:
+        """Load modules, EMA, optimizers and task state of the latest checkpoint: (its step, its RNG state)."""
         try:
             ckpt = Checkpoint(find_checkpoint(self.run_dir))
         except FileNotFoundError:
             self._log(f"[detok] no checkpoint in {self.run_dir}; starting from scratch")
-            return 0
-        for name, m in modules.items():
+            return 0, None
+        for name, m in self.modules.items():
             m.load_state_dict(ckpt.module_state(name, use_ema=False))
-        ema.load_state_dict(ckpt.ema[self.task.ema_module])
-        state = torch.load(ckpt.path / "state.pt", map_location="cpu", weights_only=True)
-        for name, opt in optimizers.items():
+        self.ema.load_state_dict(ckpt.ema[self.task.ema_module])
+        state = ckpt.training_state()
+        for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         saved = state["rng"]
         rank_file = self.run_dir / "checkpoints" / "rank_rng" / f"rank{self.info.rank}.pt"
@@ -401,10 +462,8 @@ class Trainer:
             rank_state = torch.load(rank_file, weights_only=True)
             if rank_state["step"] == ckpt.step:
                 saved = rank_state["rng"]
-        set_rng_state(saved, rng)
-        if hasattr(self.task, "load_extra_state"):
-            self.task.load_extra_state(state.get("extra", {}))
-        return ckpt.step
+        self.task.load_extra_state(state.get("extra", {}))
+        return ckpt.step, saved
 
     def _tensorboard(self):
         try:

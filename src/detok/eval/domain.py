@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from detok.config import resolve, to_dict
+from detok.config import option, resolve, to_dict
 from detok.data.build import DataConfig, build_dataset, collate
 from detok.data.fashion_mnist import find_fashion_mnist
 from detok.eval.features import file_sha256, state_dict_sha256
@@ -52,26 +52,22 @@ SHAPES_PROBE = 4  # shapes: hash this many rendered images into the identity (ca
 LOG_EVERY = 50  # steps between progress-bar loss updates
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class DomainConfig:
     """Architecture and training recipe of the domain classifier (every field is part of the cache key)."""
 
-    image_size: int = _f(32, "input side of the net; other sizes are resized (bilinear, antialias)")
-    width: int = _f(16, "channels of the first stage; doubled at every later stage")
-    stages: int = _f(4, "conv stages, each but the last followed by 2x2 max pooling")
-    dim: int = _f(128, "feature width ('pool'): channels of the last stage")
-    steps: int = _f(1000, "optimizer steps")
-    batch: int = _f(128, "images per step")
-    lr: float = _f(3e-3, "peak AdamW learning rate (linear warmup, cosine decay to 0)")
-    warmup: int = _f(100, "warmup steps")
-    weight_decay: float = _f(5e-4, "AdamW weight decay on conv / linear weights")
-    crop_pad: int = _f(2, "random crop: pad by this many pixels (replicate), crop back; 0 = off")
-    hflip: bool = _f(True, "random horizontal flips (fine for shapes and Fashion-MNIST)")
-    seed: int = _f(0, "seed of the initial weights, data order and augmentation")
+    image_size: int = option(32, "input side of the net; other sizes are resized (bilinear, antialias)")
+    width: int = option(16, "channels of the first stage; doubled at every later stage")
+    stages: int = option(4, "conv stages, each but the last followed by 2x2 max pooling")
+    dim: int = option(128, "feature width ('pool'): channels of the last stage")
+    steps: int = option(1000, "optimizer steps")
+    batch: int = option(128, "images per step")
+    lr: float = option(3e-3, "peak AdamW learning rate (linear warmup, cosine decay to 0)")
+    warmup: int = option(100, "warmup steps")
+    weight_decay: float = option(5e-4, "AdamW weight decay on conv / linear weights")
+    crop_pad: int = option(2, "random crop: pad by this many pixels (replicate), crop back; 0 = off")
+    hflip: bool = option(True, "random horizontal flips (fine for shapes and Fashion-MNIST)")
+    seed: int = option(0, "seed of the initial weights, data order and augmentation")
 
 
 def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -346,7 +342,7 @@ class DomainRun:
 
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=32))
     domain: DomainConfig = field(default_factory=DomainConfig)
-    cache_dir: str = _f("", "empty: $DETOK_CACHE/domain or ~/.cache/detok/domain")
+    cache_dir: str = option("", "empty: $DETOK_CACHE/domain or ~/.cache/detok/domain")
 
 
 def main(argv: list[str] | None = None) -> None:

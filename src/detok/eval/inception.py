@@ -288,10 +288,14 @@ def find_inception_weights(path: str | os.PathLike[str] | None = None) -> Path:
     raise FileNotFoundError(INSTALL_HINT)
 
 
-def load_inception(path: str | os.PathLike[str] | None = None, logits_bias: bool = False) -> InceptionFeatures:
+def load_inception(
+    path: str | os.PathLike[str] | None = None, logits_bias: bool = False, device: torch.device | str | None = None
+) -> InceptionFeatures:
     """The FID Inception with pretrained weights (see `find_inception_weights` for the search order).
 
-    The classifier ("logits", Inception Score) exists only when the file has `fc.weight`.
+    The classifier ("logits", Inception Score) exists only when the file has `fc.weight`. The weights are
+    read on the CPU and the net is then moved to `device` (None = stay on the CPU), so callers feed it
+    images on that device; `weights_sha256` names the file, wherever the net lives.
     """
     file = find_inception_weights(path)
     state = read_inception_state(file)
@@ -301,4 +305,4 @@ def load_inception(path: str | os.PathLike[str] | None = None, logits_bias: bool
     if missing or unexpected:
         raise ValueError(f"{file}: not FID Inception weights (missing {missing[:5]}, unexpected {unexpected[:5]})")
     net.weights_sha256 = file_sha256(str(file))
-    return net
+    return net.to(device) if device is not None else net

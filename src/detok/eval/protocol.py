@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from detok import dist
+from detok.config import option
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
 from detok.eval.features import FeatureNet, recipe
-from detok.eval.recon import ReconMetrics, to_uint8
+from detok.eval.recon import SSIM_CONVENTION, ReconMetrics, to_uint8
 from detok.generators.base import Generator
 from detok.generators.sampling import balanced_labels, rank_batches, sample_images
 from detok.io import cache_dir, merge_json
@@ -37,35 +38,32 @@ log = logging.getLogger(__name__)
 SMALL_DATASETS = ("shapes", "fashion-mnist")  # "auto" scores these with the domain classifier
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class EvalConfig:
     """How `detok evaluate` scores a run; defaults are the ImageNet protocol of MAR / l-DeTok."""
 
-    feature_net: Literal["auto", "inception", "domain"] = _f(
+    feature_net: Literal["auto", "inception", "domain"] = option(
         "auto", "features for FID: inception (ImageNet protocol), domain (a classifier trained on the "
         "dataset), auto = domain for shapes / fashion-mnist, inception otherwise"
     )
-    ref_stats: str = _f("", "reference statistics (.npz with mu, sigma, or an ADM reference batch); "
+    ref_stats: str = option("", "reference statistics (.npz with mu, sigma, or an ADM reference batch); "
                         "empty = computed from the dataset's train split (cached)")
-    ref_images: int = _f(0, "images of the train split for computed reference statistics (0 = all)")
+    ref_images: int = option(0, "images of the train split for computed reference statistics (0 = all)")
     cfg_scales: list[float] = field(
         default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0], metadata={"help": "guidance scales searched"}
     )
-    n_search: int = _f(10000, "samples per scale in the CFG search (paper: 10k)")
-    n_final: int = _f(50000, "samples for the final metrics at the best scale (paper: 50k)")
-    final_cfg1: bool = _f(True, "also score cfg = 1 with n_final samples")
-    precision_recall: bool = _f(True, "k-NN precision / recall (ADM's evaluator) at the final scale")
-    steps: str = _f("", "sampler steps; empty = the generator's paper default")
-    batch_size: int = _f(64, "sampling / feature batch per process")
-    seed: int = _f(0, "sampling seed (samples are seeded by index: any process count gives the same images)")
-    ema: bool = _f(True, "evaluate the EMA weights (raw weights if false)")
-    recon_images: int = _f(0, "tokenizer: val images reconstructed (0 = the whole val split)")
-    save_npz: bool = _f(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
-    domain_steps: int = _f(0, "domain classifier training steps when it is not cached (0 = its default)")
+    n_search: int = option(10000, "samples per scale in the CFG search (paper: 10k)")
+    n_final: int = option(50000, "samples for the final metrics at the best scale (paper: 50k)")
+    final_cfg1: bool = option(True, "also score cfg = 1 with n_final samples")
+    precision_recall: bool = option(True, "k-NN precision / recall (ADM's evaluator) at the final scale")
+    steps: str = option("", "sampler steps (what they count: the generator family's sampling); empty = default")
+    head_steps: str = option("", "per-token diffusion head steps (MAR, RasterAR, RandomAR); empty = default")
+    batch_size: int = option(64, "sampling / feature batch per process")
+    seed: int = option(0, "sampling seed (samples are seeded by index: any process count gives the same images)")
+    ema: bool = option(True, "evaluate the EMA weights (raw weights if false)")
+    recon_images: int = option(0, "tokenizer: val images reconstructed (0 = the whole val split)")
+    save_npz: bool = option(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
+    domain_steps: int = option(0, "domain classifier training steps when it is not cached (0 = its default)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ def feature_net_for(
     kind: str, data_cfg: DataConfig, device: torch.device | None = None, domain_steps: int = 0,
     progress: bool = True,
 ) -> FeatureNet:
-    """The FID feature net `kind` (auto / inception / domain) for a dataset."""
+    """The FID feature net `kind` (auto / inception / domain) for a dataset, on `device` (None = CPU)."""
     if kind == "auto":
         kind = "domain" if data_cfg.name in SMALL_DATASETS else "inception"
     if kind == "domain":
@@ -153,7 +151,8 @@ class _Scale:
 
         self.cfg = cfg
         self.fid = FID(net, ref)
-        self.inception_score = InceptionScore(net)
+        # a feature net without a classifier (fid-helper's Inception file) gives FID / P-R but no IS
+        self.inception_score = InceptionScore(net) if getattr(net, "fc", True) is not None else None
         self.pr = PrecisionRecall(net, ref) if precision_recall and ref.features is not None else None
         self.correct = torch.zeros(2, dtype=torch.float64)  # right, seen (class-conditional accuracy)
         self.has_logits = False
@@ -162,7 +161,7 @@ class _Scale:
         self.fid.update(feats["pool"])
         if self.pr is not None:
             self.pr.update(feats["pool"])
-        if "logits" in feats:
+        if "logits" in feats and self.inception_score is not None:
             self.has_logits = True
             self.inception_score.update(feats["logits"])
             pred = feats["logits"].argmax(1).cpu()
@@ -193,7 +192,8 @@ def _sample_into(
     batches = rank_batches(end - start, ecfg.batch_size, rank, world)
     for s, e in tqdm(batches, desc=f"cfg {tracker.cfg:g} [{start}, {end})", disable=not progress):
         y = labels[start + s : start + e]
-        images = sample_images(gen, tok, y, cfg=tracker.cfg, steps=ecfg.steps or None, seed=ecfg.seed,
+        images = sample_images(gen, tok, y, cfg_scale=tracker.cfg, steps=ecfg.steps or None,
+                               head_steps=ecfg.head_steps or None, seed=ecfg.seed,
                                batch_size=ecfg.batch_size, first_index=start + s)
         u8 = to_uint8(images)
         tracker.update(net(u8), y)
@@ -271,8 +271,11 @@ def sampler_recipe(gen: Generator, ecfg: EvalConfig) -> dict[str, Any]:
             "cfg_interval_start", "timestep_shift", "cfg_legacy_3ch")
     out = {k: getattr(cfg, k) for k in keys if cfg is not None and hasattr(cfg, k)}
     out["family"] = type(gen).__name__
+    out["steps_meaning"] = gen.sampling.steps
     if ecfg.steps:
         out["steps_override"] = ecfg.steps
+    if ecfg.head_steps:
+        out["head_steps_override"] = ecfg.head_steps
     out.setdefault("cfg_schedule", "constant")
     return out
 
@@ -366,6 +369,7 @@ def evaluate_tokenizer(
     out["recipe"] = {**recipe(net), "reference": f"originals of the {split} split (same images)", "n": int(n_r),
                      "split": split, "data": data_cfg.name, "image_size": data_cfg.image_size,
                      "uint8": "round((x + 1) * 127.5), clamped", "encode": "posterior mean, no noise, no mask",
+                     "ssim": SSIM_CONVENTION,
                      "lpips": "LPIPS-VGG16 v0.1" if lpips_net is not None else "not computed (no VGG16 weights)"}
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -1,8 +1,10 @@
-"""Reconstruction metrics on uint8-rounded images: streaming PSNR and SSIM."""
+"""Reconstruction metrics on uint8-rounded images: streaming PSNR and SSIM (`SSIM_CONVENTION`: Wang et al.'s
+Gaussian SSIM over the valid interior, as ssim.m and scikit-image report it)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -16,15 +18,48 @@ def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
-def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM per image (Gaussian window 11, sigma 1.5, data range 1) of two uint8 batches."""
-    from torchmetrics.functional.image import (
-        structural_similarity_index_measure,  # slow import: only when used
-    )
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+SSIM_CONVENTION = (
+    "gaussian 11 / 1.5, K1 0.01, K2 0.03, data range 1, valid interior, mean over RGB "
+    "(Wang et al. ssim.m, scikit-image)"
+)
 
-    x, y = a.double() / 255, b.double() / 255
-    kernel = min(11, x.shape[-1] - (1 - x.shape[-1] % 2))  # odd, no larger than the image
-    return structural_similarity_index_measure(x, y, data_range=1.0, kernel_size=kernel, reduction="none")
+
+def _gaussian_taps(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """A normalised 1-D Gaussian window (size,) in float64, centred on its middle tap."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM per image (B,) of two uint8 batches (B, C, H, W), float64, in the field's convention.
+
+    `SSIM_CONVENTION`: a separable Gaussian window of 11 taps, sigma 1.5, K1 = 0.01, K2 = 0.03 on the
+    [0, 1] scale (data range 1), population (not sample) covariances; the SSIM map is averaged over the
+    valid interior only, i.e. where the whole window lies inside the image, as Wang et al.'s ssim.m
+    (`filter2(..., 'valid')`) and scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1.0)` do, per channel, then the mean over channels. (Averaging
+    the padded full map instead, as torchmetrics does, counts the border: at 32 px that is half the map.)
+    Images smaller than 11 px use the largest odd window that fits, min(H, W) or one less, still sigma 1.5.
+    """
+    if a.dtype != torch.uint8 or b.dtype != torch.uint8 or a.ndim != 4 or a.shape != b.shape:
+        raise ValueError(
+            f"SSIM needs two uint8 batches (B, C, H, W) of one shape, got {a.dtype} {tuple(a.shape)} "
+            f"and {b.dtype} {tuple(b.shape)}"
+        )
+    n, c, h, w = a.shape
+    x, y = a.double() / 255, b.double() / 255  # (B, C, H, W) on the [0, 1] scale
+    size = min(SSIM_WINDOW, min(h, w) - (1 - min(h, w) % 2))  # odd, no larger than the image
+    g = _gaussian_taps(size, SSIM_SIGMA, x.device)
+    moments = torch.stack([x, y, x * x, y * y, x * y]).reshape(5 * n * c, 1, h, w)  # every map its own image
+    moments = F.conv2d(moments, g.view(1, 1, size, 1))  # along H, valid: (5BC, 1, H - size + 1, W)
+    moments = F.conv2d(moments, g.view(1, 1, 1, size))  # along W, valid: (5BC, 1, H - size + 1, W - size + 1)
+    mu_x, mu_y, xx, yy, xy = moments.reshape(5, n, c, h - size + 1, w - size + 1).unbind(0)
+    var_x, var_y, cov = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # (K * data range)^2 with data range 1
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(2, 3)).mean(dim=1)  # per channel, then over channels: (B,)
 
 
 class ReconMetrics:

@@ -10,7 +10,6 @@ decoded (`<body data-images-loaded=N data-images-total=M>`) so a headless browse
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -19,6 +18,8 @@ import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from detok.io import write_text
 
 REPORT_NAME = "report.html"
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")  # a folder holding either is a run
@@ -328,33 +329,11 @@ def render(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of `run_dir` to `out` (default RUN/report.html); returns its path."""
-    return _write(run_dir, out)[0]
+    return write_report_with_stats(run_dir, out)[0]
 
 
-def _write(run_dir: str | Path, out: str | Path | None) -> tuple[Path, dict[str, Any]]:
+def write_report_with_stats(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(path, what the page holds: sections, images, plots, tables); written atomically."""
     page, stats = render(run_dir)
     path = Path(out) if out else Path(run_dir) / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a page
-    return path, stats
-
-
-# -- CLI verb --------------------------------------------------------------------------------------
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML page for a run: config, curves, images, metrics")
-    p.add_argument("run", help="run folder (a quickstart folder gets one section per sub-run)")
-    p.add_argument("--out", default=None, help=f"output HTML file (default: RUN/{REPORT_NAME})")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from detok.cli.common import print_summary
-
-    path, stats = _write(args.run, args.out)
-    print_summary(f"detok report -> {path}", {
-        "bytes": path.stat().st_size, "sections": ", ".join(stats["sections"]), "images": stats["images"],
-        "plots": stats["plots"], "json_files": stats["tables"],
-    })
-    return 0
+    return write_text(path, page), stats

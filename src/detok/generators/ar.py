@@ -28,7 +28,7 @@ from detok.generators.mar import Mlp, random_orders
 from detok.nn.dit_blocks import patchify, unpatchify_cpq
 from detok.nn.linear import Linear
 from detok.processes.guidance import linear_cfg
-from detok.registry import register
+from detok.registry import Family, Sampling, register, register_family
 
 LN_EPS = 1e-6
 
@@ -160,6 +160,10 @@ class ARConfig:
 class ARDiff(Generator):
     """Decoder-only causal transformer over latent tokens in raster or random order, DiffLoss head."""
 
+    sampling = Sampling(steps="one token per step, as many steps as tokens", default_steps="tokens",
+                        head_steps="DDPM steps of the per-token DiffLoss head (respacing)", default_head_steps="100",
+                        fixed_steps=True)
+
     def __init__(self, cfg: ARConfig) -> None:
         super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
         self.cfg = cfg
@@ -251,25 +255,18 @@ class ARDiff(Generator):
         target = tokens.gather(1, orders[..., None].expand(-1, -1, self.token_dim))  # (B, N, T)
         return {"loss": self.diffloss.loss(target.flatten(0, 1), z.flatten(0, 1), None, rng)}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None,
-        *,
-        cfg: float = 1.0,
-        steps: int | str | None = None,
-        rng: torch.Generator | None = None,
-        progress: bool = False,
-        temperature: float | None = None,
-        cfg_schedule: Literal["linear", "constant"] | None = None,
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, *, cfg_scale: float, steps: None,
+        head_steps: int | str | None, rng: torch.Generator | None, progress: bool,
+        temperature: float | None = None, cfg_schedule: Literal["linear", "constant"] | None = None,
         use_kv_cache: bool = True,
     ) -> torch.Tensor:
-        """Latents (n, C, H, W), one token per step; `steps` = diffusion steps per token (default "100").
+        """Latents (n, C, H, W), one token per step; `head_steps` = diffusion steps per token (default "100").
 
-        CFG runs a null-class half with scale 1 + (cfg - 1) * step / N. Without the KV cache every step
+        CFG runs a null-class half with scale 1 + (cfg_scale - 1) * step / N. Without the KV cache every step
         recomputes the whole prefix (upstream's behaviour); both give the same latents.
         """
+        cfg = cfg_scale
         device = self.bos_token.device
         temperature = self.cfg.temperature if temperature is None else temperature
         schedule = cfg_schedule or self.cfg.cfg_schedule
@@ -299,7 +296,7 @@ class ARDiff(Generator):
                 z = self.transformer(torch.cat(inputs, dim=1), cond[:, : step + 1])[:, -1]  # (rows, D)
             scale = linear_cfg(cfg, step / length) if schedule == "linear" else cfg
             new = self.diffloss.sample(
-                z[:n], z[n:] if guided else None, cfg=scale, temperature=temperature, steps=steps,
+                z[:n], z[n:] if guided else None, cfg_scale=scale, temperature=temperature, steps=head_steps,
                 rng=rng,
             )  # fmt: skip
             tokens[batch, orders[:, step]] = new.to(tokens.dtype)
@@ -356,6 +353,17 @@ def ar_config(
     return from_dict(ARConfig, fields)  # type-checked; unknown keys are ConfigErrors
 
 
+register_family(Family(
+    "generator", "rasterar", "RasterAR: causal transformer over latent tokens in raster order, per-token "
+    "diffusion head", recipe="quickstart_rasterar", sampling=ARDiff.sampling, config=ARConfig, paper="l-DeTok arXiv 2507.15856",
+))
+register_family(Family(
+    "generator", "randomar", "RandomAR: causal transformer over latent tokens in a random order per sample "
+    "(RandAR-style target positions), per-token diffusion head", recipe="quickstart_randomar",
+    sampling=ARDiff.sampling, config=ARConfig, paper="l-DeTok arXiv 2507.15856",
+))
+
+
 def _register(name: str) -> None:
     cls = RasterAR if PRESETS[name]["order"] == "raster" else RandomAR
 
@@ -365,7 +373,7 @@ def _register(name: str) -> None:
         return cls(ar_config(name, latent_shape, num_classes, **overrides))
 
     build.__doc__ = f"Build {name} on latents of `latent_shape` with `num_classes` classes."
-    register("generator", name)(build)
+    register("generator", name, family=PRESETS[name]["order"] + "ar")(build)
 
 
 for _name in PRESETS:

@@ -185,12 +185,12 @@ class DiffLoss(nn.Module):
         z: torch.Tensor,
         z_uncond: torch.Tensor | None = None,
         *,
-        cfg: float = 1.0,
+        cfg_scale: float = 1.0,
         temperature: float = 1.0,
         steps: str | int | None = None,
         rng: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Tokens (M, C) for conditions z (M, Z); with z_uncond, eps = uncond + cfg * (cond - uncond).
+        """Tokens (M, C) for conditions z (M, Z); with z_uncond, eps = uncond + cfg_scale * (cond - uncond).
 
         As in MAR the guided variance output is the conditional half's, and the noise and the state are
         shared by both halves, so only the conditional trajectory is run and returned.
@@ -215,7 +215,7 @@ class DiffLoss(nn.Module):
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 out = net.denoise(torch.cat([x, x]), net.time_embed(t[:1]) + cond_emb)  # (2M, 2C)
                 cond, uncond = out.chunk(2)  # (M, 2C) each
-                eps = uncond[:, :c] + cfg * (cond[:, :c] - uncond[:, :c])
+                eps = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])
                 return torch.cat([eps, cond[:, c:]], dim=1)
 
         return self.sampler(steps).p_sample_loop(

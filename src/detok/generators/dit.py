@@ -36,7 +36,7 @@ from detok.nn.dit_blocks import (
 from detok.nn.rope import rope_table
 from detok.processes.gaussian import GaussianDiffusion
 from detok.processes.guidance import cfg_fn
-from detok.registry import register
+from detok.registry import Family, Sampling, register, register_family
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -236,21 +236,24 @@ class DiTFamily(Generator):
         sampler: Callable[[ModelFn, torch.Tensor], torch.Tensor],
         n: int,
         labels: torch.Tensor | None,
-        cfg: float,
+        cfg_scale: float,
         rng: torch.Generator | None,
         interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """Draw noise, run `sampler(model_fn, noise)`, unguided or on the doubled CFG batch -> (n, C, H, W)."""
         y = self.labels_or_null(n, labels)
         noise = self.initial_noise(n, rng)
-        if cfg == 1.0:
+        if cfg_scale == 1.0:
             return sampler(self.conditional_fn(y), noise)
-        out = sampler(self.guided_fn(y, cfg, interval), torch.cat([noise, noise]))  # (2n, C, H, W)
+        out = sampler(self.guided_fn(y, cfg_scale, interval), torch.cat([noise, noise]))  # (2n, C, H, W)
         return out[:n]
 
 
 class DiT(DiTFamily):
     """DiT: `DiTNet` + Gaussian diffusion for training, ancestral sampling on a respaced chain."""
+
+    sampling = Sampling(steps="ancestral DDPM steps of the respaced chain (an int, or a respacing string)",
+                        default_steps="100")
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
@@ -278,16 +281,9 @@ class DiT(DiTFamily):
                 self._respaced[steps] = self.diffusion.respace(steps)
         return self._respaced[steps]
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None,
-        *,
-        cfg: float = 1.0,
-        steps: int | str | None = None,
-        rng: torch.Generator | None = None,
-        progress: bool = False,
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, *, cfg_scale: float, steps: int | str | None,
+        head_steps: None, rng: torch.Generator | None, progress: bool,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) by ancestral sampling over `steps` (default cfg.sample_steps) respaced steps."""
         diffusion = self.respaced(str(steps or self.cfg.sample_steps))
@@ -295,7 +291,7 @@ class DiT(DiTFamily):
         def sampler(fn: ModelFn, noise: torch.Tensor) -> torch.Tensor:
             return diffusion.p_sample_loop(fn, noise, rng=rng, progress=progress)
 
-        return self.run_sampler(sampler, n, labels, cfg, rng)
+        return self.run_sampler(sampler, n, labels, cfg_scale, rng)
 
 
 # -- presets -----------------------------------------------------------------------------------------
@@ -312,8 +308,14 @@ def make_config(
     return from_dict(cls, merged)
 
 
+register_family(Family(
+    "generator", "dit", "DiT: transformer on latent patches, Gaussian diffusion (DDPM, learned sigma)",
+    recipe="quickstart_dit", sampling=DiT.sampling, config=DiTConfig, paper="arXiv 2212.09748",
+))
+
+
 def _register_dit(suffix: str, size: str) -> None:
-    @register("generator", f"dit_{suffix}")
+    @register("generator", f"dit_{suffix}", family="dit")
     def build(latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides) -> DiT:
         return DiT(make_config(DiTConfig, size, latent_shape, num_classes, overrides))
 

@@ -20,7 +20,7 @@ import torch
 
 from detok.generators.dit import PRESET_SIZES, BackboneConfig, DiTFamily, DiTNet, ModelFn, make_config
 from detok.processes.flow import FlowTransport
-from detok.registry import register
+from detok.registry import Family, Sampling, register, register_family
 
 
 @dataclass
@@ -59,6 +59,8 @@ class LightningDiTNet(DiTNet):
 class LightningDiT(DiTFamily):
     """LightningDiT: `LightningDiTNet` + flow matching with logit-normal t; shifted Euler sampling."""
 
+    sampling = Sampling(steps="Euler time points on the shifted grid (steps - 1 model calls)", default_steps="100")
+
     def __init__(self, cfg: LightningDiTConfig) -> None:
         if cfg.learn_sigma:
             raise ValueError("LightningDiT predicts a velocity: learn_sigma must be False")
@@ -80,16 +82,9 @@ class LightningDiT(DiTFamily):
             "cos_loss": out["cos_loss"].mean().detach(),
         }
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None,
-        *,
-        cfg: float = 1.0,
-        steps: int | str | None = None,
-        rng: torch.Generator | None = None,
-        progress: bool = False,
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, *, cfg_scale: float, steps: int | str | None,
+        head_steps: None, rng: torch.Generator | None, progress: bool,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) by Euler on the shifted grid; CFG only for t >= cfg_interval_start."""
         num = int(steps or self.cfg.sample_steps)
@@ -101,12 +96,18 @@ class LightningDiT(DiTFamily):
             )
 
         return self.run_sampler(
-            sampler, n, labels, cfg, rng, interval=(self.cfg.cfg_interval_start, 1.0)
+            sampler, n, labels, cfg_scale, rng, interval=(self.cfg.cfg_interval_start, 1.0)
         )
 
 
+register_family(Family(
+    "generator", "lightningdit", "LightningDiT: DiT with RMSNorm, SwiGLU, RoPE; flow matching, shifted Euler",
+    recipe="quickstart_lightningdit", sampling=LightningDiT.sampling, config=LightningDiTConfig, paper="arXiv 2501.01423",
+))
+
+
 def _register_lightningdit(suffix: str, size: str) -> None:
-    @register("generator", f"lightningdit_{suffix}")
+    @register("generator", f"lightningdit_{suffix}", family="lightningdit")
     def build(
         latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides
     ) -> LightningDiT:

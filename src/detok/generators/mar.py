@@ -26,7 +26,7 @@ from detok.generators.diffloss import DiffLoss
 from detok.nn.dit_blocks import patchify, unpatchify_cpq
 from detok.nn.linear import Linear
 from detok.processes.guidance import linear_cfg
-from detok.registry import register
+from detok.registry import Family, Sampling, register, register_family
 
 LN_EPS = 1e-6  # LayerNorm epsilon of MAR's blocks and norms
 
@@ -169,6 +169,9 @@ class MARConfig:
 class MAR(Generator):
     """MAE encoder / decoder over latent tokens with class-embedding buffer slots and a DiffLoss head."""
 
+    sampling = Sampling(steps="unmasking iterations of the cosine mask schedule", default_steps="64",
+                        head_steps="DDPM steps of the per-token DiffLoss head (respacing)", default_head_steps="100")
+
     def __init__(self, cfg: MARConfig) -> None:
         super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
         self.cfg = cfg
@@ -297,25 +300,18 @@ class MAR(Generator):
         loss = self.diffloss.loss(tokens.flatten(0, 1), z.flatten(0, 1), mask.flatten(), rng)
         return {"loss": loss, "mask_ratio": tokens.new_tensor(num_masked / n)}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None,
-        *,
-        cfg: float = 1.0,
-        steps: int | str | None = None,
-        rng: torch.Generator | None = None,
-        progress: bool = False,
-        temperature: float | None = None,
-        cfg_schedule: Literal["linear", "constant"] | None = None,
-        diffusion_steps: str | int | None = None,
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, *, cfg_scale: float, steps: int | str | None,
+        head_steps: int | str | None, rng: torch.Generator | None, progress: bool,
+        temperature: float | None = None, cfg_schedule: Literal["linear", "constant"] | None = None,
     ) -> torch.Tensor:
         """Latents (n, C, H, W) in `steps` AR iterations (default `num_iter`) on a cosine mask schedule.
 
-        Each iteration predicts z for all tokens, then samples, with the per-token DiffLoss, the tokens
-        that leave the mask; CFG runs a null-class half with scale 1 + (cfg - 1) (N - masked_next) / N.
+        Each iteration predicts z for all tokens, then samples, with the per-token DiffLoss (`head_steps`
+        DDPM steps, default `num_sampling_steps`), the tokens that leave the mask; CFG runs a null-class
+        half with scale 1 + (cfg_scale - 1) (N - masked_next) / N.
         """
+        cfg = cfg_scale
         device = self.fake_latent.device
         num_iter = int(steps or self.cfg.num_iter)
         temperature = self.cfg.temperature if temperature is None else temperature
@@ -351,7 +347,7 @@ class MAR(Generator):
             scale = linear_cfg(cfg, (length - mask_len) / length) if schedule == "linear" else cfg  # Muse
             z_uncond = z[n:][to_pred] if guided else None  # (M, D)
             new = self.diffloss.sample(
-                z[:n][to_pred], z_uncond, cfg=scale, temperature=temperature, steps=diffusion_steps,
+                z[:n][to_pred], z_uncond, cfg_scale=scale, temperature=temperature, steps=head_steps,
                 rng=rng,
             )  # fmt: skip
             tokens[to_pred] = new.to(tokens.dtype)
@@ -383,12 +379,18 @@ def mar_config(
     return from_dict(MARConfig, fields)  # type-checked; unknown keys are ConfigErrors
 
 
+register_family(Family(
+    "generator", "mar", "MAR: masked autoregression over latent tokens with a per-token diffusion head",
+    recipe="quickstart_mar", sampling=MAR.sampling, config=MARConfig, paper="arXiv 2406.11838",
+))
+
+
 def _register(name: str) -> None:
     def build(latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides) -> MAR:
         return MAR(mar_config(name, latent_shape, num_classes, **overrides))
 
     build.__doc__ = f"Build {name} on latents of `latent_shape` with `num_classes` classes."
-    register("generator", name)(build)
+    register("generator", name, family="mar")(build)
 
 
 for _name in PRESETS:

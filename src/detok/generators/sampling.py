@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from detok.generators.base import Generator
-from detok.tokenizers.base import Tokenizer
+
+
+class Decoder(Protocol):
+    """What sampling needs of a tokenizer (any `detok.tokenizers.Tokenizer` is one)."""
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -19,17 +27,18 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def sample_images(
     gen: Generator,
-    tok: Tokenizer,
+    tok: Decoder,
     labels: torch.Tensor,
     *,
-    cfg: float = 1.0,
+    cfg_scale: float = 1.0,
     steps: int | str | None = None,
+    head_steps: int | str | None = None,
     seed: int = 0,
     batch_size: int = 64,
     first_index: int = 0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Images (n, 3, H, W) in [-1, 1] for `labels`; batch k draws from a generator seeded by (seed, global index).
+    """Images (n, 3, H, W) in [-1, 1] for `labels`; each batch draws from an rng seeded by (seed, global index).
 
     The seed of a batch depends only on the index of its first sample, so sharding batches across
     ranks (or resuming) reproduces the same images.
@@ -39,7 +48,7 @@ def sample_images(
     for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress):
         y = labels[start : start + batch_size].to(device)
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_index + start)
-        z = gen.sample(len(y), y, cfg=cfg, steps=steps or None, rng=g)
+        z = gen.sample(len(y), y, cfg_scale=cfg_scale, steps=steps or None, head_steps=head_steps or None, rng=g)
         out.append(tok.decode(tok.denormalize(z)).float().clamp(-1, 1).cpu())
     return torch.cat(out) if out else torch.empty(0)
 

@@ -19,7 +19,7 @@ import torch
 
 from detok.generators.dit import PRESET_SIZES, BackboneConfig, DiTFamily, DiTNet, ModelFn, make_config
 from detok.processes.flow import FlowTransport
-from detok.registry import register
+from detok.registry import Family, Sampling, register, register_family
 
 Sampler = Literal["dopri5", "heun", "euler", "sde"]
 
@@ -42,6 +42,9 @@ class SiTConfig(BackboneConfig):
 class SiT(DiTFamily):
     """SiT: `DiTNet` (velocity output, C channels) + flow matching with uniform t."""
 
+    sampling = Sampling(steps="ODE / SDE time points from noise to data (steps - 1 intervals; dopri5: output "
+                        "points of the adaptive solver)", default_steps="250")
+
     def __init__(self, cfg: SiTConfig) -> None:
         if cfg.learn_sigma:
             raise ValueError("SiT predicts a velocity: learn_sigma must be False")
@@ -58,16 +61,9 @@ class SiT(DiTFamily):
         out = self.transport.training_losses(self.conditional_fn(y), latents, rng=rng)
         return {"loss": out["loss"].mean()}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None,
-        *,
-        cfg: float = 1.0,
-        steps: int | str | None = None,
-        rng: torch.Generator | None = None,
-        progress: bool = False,
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, *, cfg_scale: float, steps: int | str | None,
+        head_steps: None, rng: torch.Generator | None, progress: bool,
     ) -> torch.Tensor:
         """n latents (n, C, H, W) integrated from noise (t = 0) to data (t = 1) with `cfg.sampler`."""
         num = int(steps or self.cfg.sample_steps)
@@ -80,11 +76,17 @@ class SiT(DiTFamily):
                 fn, noise, steps=num, method=method, atol=self.cfg.atol, rtol=self.cfg.rtol, progress=progress
             )
 
-        return self.run_sampler(sampler, n, labels, cfg, rng)
+        return self.run_sampler(sampler, n, labels, cfg_scale, rng)
+
+
+register_family(Family(
+    "generator", "sit", "SiT: DiT backbone trained by flow matching (velocity), ODE sampling",
+    recipe="quickstart_sit", sampling=SiT.sampling, config=SiTConfig, paper="arXiv 2401.08740",
+))
 
 
 def _register_sit(suffix: str, size: str) -> None:
-    @register("generator", f"sit_{suffix}")
+    @register("generator", f"sit_{suffix}", family="sit")
     def build(latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides) -> SiT:
         return SiT(make_config(SiTConfig, size, latent_shape, num_classes, overrides))
 

@@ -4,7 +4,10 @@ The release is a `torch.save` dict with `model` (state_dict) and `model_ema` (pa
 LTH14/mar files may also carry `args` (an argparse.Namespace), which is allow-listed for the safe
 loader. detok's MAR uses upstream's parameter names, so conversion is a key-for-key copy; the config
 is read off the tensor shapes. Attention heads are not visible in shapes: they come from the width
-(MAR's presets) unless given.
+(detok's MAR presets) unless given; only the sizes upstream releases (`RELEASED_HEADS`) are known for
+sure, and `released_heads` returns None for any other (`detok convert` then asks for `--heads`).
+Latent channels C and patch p are read from the token width C * p * p, which is ambiguous unless given;
+the released MARs use 16 channels with patch 1.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from detok.config import from_dict
 from detok.generators.mar import MAR, MARConfig
 
 HEADS_BY_WIDTH = {64: 2, 768: 12, 1024: 16, 1280: 16}  # mar_tiny, MAR-B, MAR-L, MAR-H
+# (width, encoder depth, decoder depth) -> heads of the sizes LTH14/mar and l-DeTok build and release
+# (mar_base, mar_large, mar_huge): the only shapes whose heads are known without being told
+RELEASED_HEADS = {(768, 12, 12): 12, (1024, 16, 16): 16, (1280, 20, 20): 16}
+RELEASED_LATENT_CHANNELS = 16  # KL-16 and l-DeTok latents, patch 1: token width 16
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -31,6 +38,21 @@ def load_checkpoint(path: str | Path) -> dict:
 def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:
     idx = {int(m.group(1)) for k in state if (m := re.match(rf"^{re.escape(prefix)}\.(\d+)\.", k))}
     return max(idx) + 1 if idx else 0
+
+
+def shape_key(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(width, encoder depth, decoder depth) of an upstream MAR state dict."""
+    return state["fake_latent"].shape[-1], _depth(state, "encoder_blocks"), _depth(state, "decoder_blocks")
+
+
+def released_heads(state: dict[str, torch.Tensor]) -> int | None:
+    """Heads of a MAR whose shape is a size upstream releases (`RELEASED_HEADS`), else None (not knowable)."""
+    return RELEASED_HEADS.get(shape_key(state))
+
+
+def token_width(state: dict[str, torch.Tensor]) -> int:
+    """Channels of one MAR token, C * p * p (latent channels times patch area)."""
+    return state["z_proj.weight"].shape[1]
 
 
 def infer_config(
@@ -49,6 +71,8 @@ def infer_config(
         if width not in HEADS_BY_WIDTH:
             raise ValueError(f"no MAR preset has width {width}; pass heads=")
         heads = HEADS_BY_WIDTH[width]
+    if heads < 1 or width % heads:
+        raise ValueError(f"MAR width {width} is not divisible by {heads} heads")
     fields = dict(
         latent_shape=(latent_channels, grid * patch, grid * patch),
         num_classes=state["class_emb.weight"].shape[0],  # LTH14/mar always stores 1000 rows

@@ -1,6 +1,6 @@
-"""Tokenizers: the interface, l-DeTok and outside autoencoders (importing this registers the presets)."""
+"""Tokenizers: the interface, l-DeTok and outside autoencoders (importing this registers the families)."""
 
-from detok.tokenizers import external  # noqa: F401  (registers mar-kl16, sd-vae)
+from detok.tokenizers import detok, external  # noqa: F401, I001  (registration, in this order)
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 from detok.tokenizers.detok import PRESETS, DeTok, DetokConfig, detok_config
 

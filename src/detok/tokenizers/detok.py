@@ -23,7 +23,7 @@ from torch import nn
 
 from detok.nn.rope import RopeLayout, rope_table
 from detok.nn.transformer import RMS_EPS, Block, init_vit_weights
-from detok.registry import register
+from detok.registry import Family, register, register_family
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 
 # width, depth, heads (upstream SIZE_DICT, plus CPU-sized tiny / mini)
@@ -44,6 +44,8 @@ class DetokConfig:
 
     encoder_size: str = field(default="base", metadata={"help": "one of " + ", ".join(SIZES)})
     decoder_size: str = "base"
+    encoder_heads: int = field(default=0, metadata={"help": "encoder attention heads; 0 = the size's (SIZES)"})
+    decoder_heads: int = field(default=0, metadata={"help": "decoder attention heads; 0 = the size's (SIZES)"})
     image_size: int = 256
     patch_size: int = 16
     latent_dim: int = 16
@@ -106,6 +108,7 @@ class Encoder(_ViT):
 
     def __init__(self, cfg: DetokConfig) -> None:
         width, depth, heads = _check_size(cfg.encoder_size)
+        heads = cfg.encoder_heads or heads
         grid = cfg.image_size // cfg.patch_size
         super().__init__(width, depth, heads, grid, cfg.mlp_ratio, cfg.rope_layout)
         self.patch_embed = nn.Conv2d(3, width, cfg.patch_size, stride=cfg.patch_size)
@@ -126,6 +129,7 @@ class Decoder(_ViT):
 
     def __init__(self, cfg: DetokConfig) -> None:
         width, depth, heads = _check_size(cfg.decoder_size)
+        heads = cfg.decoder_heads or heads
         grid = cfg.image_size // cfg.patch_size
         super().__init__(width, depth, heads, grid, cfg.mlp_ratio, cfg.rope_layout)
         self.patch = cfg.patch_size
@@ -275,8 +279,15 @@ def detok_config(name: str, **overrides) -> DetokConfig:
     return DetokConfig(**{**PRESETS[name], **overrides})
 
 
+register_family(Family(
+    "tokenizer", "detok", "l-DeTok: ViT autoencoder trained to reconstruct clean images from noised, masked latents",
+    recipe="quickstart_shapes", paper="arXiv 2507.15856", config=DetokConfig,
+    extra={"trainable": True},
+))
+
+
 def _register(name: str) -> None:
-    register("tokenizer", name)(lambda **overrides: DeTok(detok_config(name, **overrides)))
+    register("tokenizer", name, family="detok")(lambda **overrides: DeTok(detok_config(name, **overrides)))
 
 
 for _name in PRESETS:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detok.config import from_dict, to_dict
-from detok.registry import register
+from detok.registry import Family, alias, register, register_family
 from detok.tokenizers.base import Tokenizer
 
 MAR_KL16_SCALE = 0.2325  # MAR multiplies KL-16 latents by this before the generator (and divides after)
@@ -228,7 +228,7 @@ class KLAutoencoder(nn.Module):
 class KL16Tokenizer(Tokenizer):
     """MAR's KL-16 VAE as a Tokenizer. Default stats (mean 0, std 1/0.2325) give MAR's scaled latents."""
 
-    kind = "mar-kl16"
+    kind = "mar_kl16"
 
     def __init__(self, cfg: KL16Config | None = None) -> None:
         cfg = cfg or KL16Config()
@@ -372,15 +372,19 @@ def is_diffusers_folder(path: str | Path) -> bool:
         return False
 
 
+LEGACY_KINDS = {"mar-kl16": "mar_kl16"}
+
+
 # -- detok checkpoints of external tokenizers (weights + config + statistics in one folder) ----------------
 def external_from_config(kind: str, config: dict[str, Any]) -> Tokenizer:
     """An (untrained) external tokenizer rebuilt from `export_config()`; load its weights afterwards."""
+    kind = LEGACY_KINDS.get(kind, kind)  # checkpoints written before 0.2 spell it mar-kl16
     if kind == KL16Tokenizer.kind:
         return KL16Tokenizer(from_dict(KL16Config, config, prefix="tokenizer."))
     if kind == DiffusersTokenizer.kind:
         cfg = from_dict(DiffusersConfig, config, prefix="tokenizer.")
         return DiffusersTokenizer.from_config(cfg.vae, cfg.image_size)
-    raise KeyError(f"unknown external tokenizer kind {kind!r}; known: mar-kl16, diffusers")
+    raise KeyError(f"unknown external tokenizer kind {kind!r}; known: mar_kl16, diffusers")
 
 
 def save_external_tokenizer(
@@ -398,13 +402,22 @@ def save_external_tokenizer(
 
 
 # -- registry: random-initialised builders (tests, benchmarks); load real weights via load_tokenizer -------
-@register("tokenizer", "mar-kl16")
+register_family(Family(
+    "tokenizer", "external", "outside autoencoders used as tokenizers: MAR's KL-16 VAE, diffusers AutoencoderKL "
+    "(SD-VAE); loaded from local weights (`mar_kl16:PATH`, `sd_vae:FOLDER`), not trained by detok",
+    extra={"trainable": False},
+))
+alias("tokenizer", "mar-kl16", "mar_kl16")
+alias("tokenizer", "sd-vae", "sd_vae")
+
+
+@register("tokenizer", "mar_kl16", family="external")
 def mar_kl16(**overrides: Any) -> KL16Tokenizer:
     """MAR's KL-16 architecture, random init; KL16Config fields as overrides."""
     return KL16Tokenizer(KL16Config(**overrides))
 
 
-@register("tokenizer", "sd-vae")
+@register("tokenizer", "sd_vae", family="external")
 def sd_vae(image_size: int = 256, **vae_overrides: Any) -> DiffusersTokenizer:
     """Stable Diffusion's VAE architecture (diffusers), random init; AutoencoderKL config fields as overrides."""
     return DiffusersTokenizer.from_config({**SD_VAE_CONFIG, **vae_overrides}, image_size)

@@ -3,6 +3,7 @@ outside autoencoder (MAR's KL-16 VAE, a diffusers AutoencoderKL such as SD-VAE).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,14 +22,19 @@ from detok.tokenizers.external import (
 )
 from detok.tokenizers.upstream import load_upstream_tokenizer
 
-# `KIND:PATH` spec prefixes for outside autoencoders
-SPEC_KINDS = ("mar-kl16", "sd-vae", "diffusers")
+# `KIND:PATH` spec prefixes for outside autoencoders (snake case, as registry names)
+SPEC_KINDS = ("mar_kl16", "sd_vae", "diffusers")
+DEPRECATED_SPEC_KINDS = {"mar-kl16": "mar_kl16", "sd-vae": "sd_vae"}  # accepted with a warning until 0.3
 
 
 def parse_spec(path: str | Path) -> tuple[str, str] | None:
-    """(kind, path) of a `mar-kl16:/x/kl16.ckpt`, `sd-vae:/x/folder` or `diffusers:/x/folder` spec, else None."""
+    """(kind, path) of a `mar_kl16:/x/kl16.ckpt`, `sd_vae:/x/folder` or `diffusers:/x/folder` spec, else None."""
     text = str(path)
     kind, sep, rest = text.partition(":")
+    if sep and kind in DEPRECATED_SPEC_KINDS and rest and not Path(text).exists():
+        new = DEPRECATED_SPEC_KINDS[kind]
+        warnings.warn(f"tokenizer spec {kind}: is deprecated; write {new}:", DeprecationWarning, stacklevel=2)
+        kind = new
     if sep and kind in SPEC_KINDS and rest and not Path(text).exists():
         return kind, rest
     return None
@@ -37,9 +43,9 @@ def parse_spec(path: str | Path) -> tuple[str, str] | None:
 def load_external(kind: str, path: str | Path, image_size: int | None = None) -> Tokenizer:
     """An outside autoencoder in eval mode with its conventional scale as statistics (see tokenizers.external)."""
     size = {} if image_size is None else {"image_size": image_size}
-    if kind == "mar-kl16":
+    if kind == "mar_kl16":
         return load_kl16(path, **size)
-    if kind in ("sd-vae", "diffusers"):
+    if kind in ("sd_vae", "diffusers"):
         p = Path(path)
         if not p.is_dir():
             raise FileNotFoundError(f"no diffusers AutoencoderKL folder at {p} (save one with `save_pretrained`)")
@@ -56,7 +62,7 @@ def load_tokenizer(path: str | Path, use_ema: bool = True, image_size: int | Non
     - an upstream l-DeTok `.pth` file (converted on the fly; run `detok convert` once to keep its
       statistics), or MAR's `kl16.ckpt` (recognised by its keys);
     - a diffusers AutoencoderKL folder (`config.json` naming AutoencoderKL + weights);
-    - a spec `mar-kl16:/path/kl16.ckpt`, `sd-vae:/path/folder` or `diffusers:/path/folder`.
+    - a spec `mar_kl16:/path/kl16.ckpt`, `sd_vae:/path/folder` or `diffusers:/path/folder`.
     Outside autoencoders start with their conventional scale as statistics (MAR 0.2325, SD 0.18215)
     and `image_size` 256 unless given; `use_ema` does not apply to them.
     """

@@ -13,9 +13,7 @@ untouched: the global RNG is restored afterwards and the tokenizer's own generat
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Subset
@@ -23,43 +21,26 @@ from torch.utils.data import Subset
 from detok import dist
 from detok.data import collate
 from detok.data.build import DataConfig
+from detok.engine.trainer import Hook
+from detok.runs.config import ProbeConfig
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class ProbeConfig:
-    """The generation probe of tokenizer training (off by default)."""
-
-    every_epochs: float = _f(0.0, "probe every this many epochs (0 = off)")
-    generator: str = _f("sit", "generator recipe configs/quickstart_<generator>.yaml")
-    steps: int = _f(150, "generator training steps per probe")
-    images: int = _f(4096, "training images encoded for the probe generator")
-    n_samples: int = _f(512, "samples scored per probe")
-    cfg: float = _f(0.0, "guidance scale (0 = the recipe's sample.cfg)")
-    feature_net: str = _f("auto", "FID features: auto (domain for small data), domain, inception")
-    keep: bool = _f(False, "keep each probe's generator run folder (default: only its numbers)")
-
-
-class GenerationProbe:
-    """Trainer hook (see detok.engine.trainer.Hook) logging a generation-FID estimate of the live tokenizer."""
+class GenerationProbe(Hook):
+    """Trainer hook logging a generation-FID estimate of the live tokenizer every `every` steps."""
 
     def __init__(self, cfg: ProbeConfig, data_cfg: DataConfig, train_set, run_dir: Path, every: int,
                  stats_of: str = "mean") -> None:
         self.cfg, self.data_cfg, self.train_set, self.stats_of = cfg, data_cfg, train_set, stats_of
         self.run_dir, self.every = Path(run_dir), every
 
-    def __call__(self, trainer, step: int) -> dict[str, float]:
+    def on_step(self, trainer, step: int) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             return self._probe(trainer, step)
 
     def _probe(self, trainer, step: int) -> dict[str, float]:
-        from detok.cli.train import train_generator
-        from detok.config import resolve
-        from detok.engine.tasks import GeneratorRunConfig
         from detok.eval.protocol import EvalConfig, feature_net_for, reference_for, score_generator
+        from detok.runs.config import generator_config
+        from detok.runs.train import train_generator
         from detok.tokenizers.latents import latent_stats, write_cache
 
         cfg, info = self.cfg, trainer.info
@@ -71,7 +52,7 @@ class GenerationProbe:
         write_cache(tok, subset, out / "latents", trainer.device, collate=collate, progress=False, batch_size=256,
                     source={"tokenizer": f"{self.run_dir} (EMA at step {step})", "data": self.data_cfg.name})
         dist.barrier()
-        g_cfg = resolve(GeneratorRunConfig, [f"quickstart_{cfg.generator}"], [
+        g_cfg = generator_config(family=cfg.generator, overrides=[
             f"tokenizer={self.run_dir}", f"cache={out / 'latents'}", f"train.out_dir={out / cfg.generator}",
             f"train.max_steps={cfg.steps}", "train.progress=false", "sample.per_class=0",
             f"train.ckpt_every={10 * cfg.steps}",
@@ -84,7 +65,7 @@ class GenerationProbe:
 
         gen, _ = load_generator(out / cfg.generator)
         gen.to(trainer.device)
-        scale = cfg.cfg or g_cfg.sample.cfg
+        scale = cfg.cfg_scale or g_cfg.sample.cfg_scale
         ecfg = EvalConfig(cfg_scales=[scale], n_search=cfg.n_samples, n_final=cfg.n_samples, final_cfg1=False,
                           precision_recall=False, batch_size=128)
         net = feature_net_for(cfg.feature_net, self.data_cfg, device=trainer.device)

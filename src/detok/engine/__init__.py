@@ -1,0 +1,1 @@
+"""The one training engine (trainer, tasks, EMA) every run uses."""

@@ -1,0 +1,54 @@
+"""Encoding runs: latent statistics and a sharded cache of posterior moments (+ flips) for generator training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from detok import dist
+from detok.data import build_dataset, collate
+from detok.runs.reconstruct import data_config_for
+from detok.runs.train import has_latent_stats
+from detok.tokenizers.latents import latent_stats, write_cache
+from detok.tokenizers.load import load_tokenizer, run_config
+
+
+def encode(
+    tokenizer: str | Path, out: str | Path, *, data: str = "", root: str = "", file_list: str = "",
+    split: str = "train", batch_size: int = 64, num_workers: int = 2, shard_size: int = 4096,
+    recompute_stats: bool = False, device: str = "auto", progress: bool = True,
+) -> dict[str, Any]:
+    """Write the latent cache of `tokenizer` over a data split to `out`; returns its summary.
+
+    Latent statistics come from the tokenizer, or are computed over this data when it has none (or when
+    `recompute_stats`); the cache records the tokenizer's fingerprint and statistics, so a generator run
+    against another tokenizer's cache stops with an error.
+    """
+    if batch_size < 1 or shard_size < 1 or num_workers < 0:
+        raise ValueError(f"encode needs batch_size >= 1, shard_size >= 1, num_workers >= 0 "
+                         f"(got {batch_size}, {shard_size}, {num_workers})")
+    info = dist.init(device)
+    try:
+        tok = load_tokenizer(tokenizer).to(info.device)
+        data_cfg = data_config_for(tok, run_config(tokenizer), data, root, file_list)
+        dataset = build_dataset(data_cfg, split)
+        recompute = recompute_stats or not has_latent_stats(tok)
+        if recompute:
+            mean, std = latent_stats(tok, dataset, info.device, batch_size, num_workers, collate=collate,
+                                     progress=progress and info.is_main)
+            tok.set_stats(mean.to(info.device), std.to(info.device))
+        meta = write_cache(
+            tok, dataset, out, info.device,
+            source={"tokenizer": str(tokenizer), "data": data_cfg.name, "split": split},
+            batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, collate=collate,
+            progress=progress and info.is_main,
+        )
+    finally:
+        dist.shutdown()
+    summary = {k: meta[k] for k in ("count", "latent_shape", "tokenizer_fingerprint") if k in meta}
+    summary.update(out=str(out), shards=len(meta.get("shards", [])),
+                   stats="recomputed" if recompute else "from tokenizer")
+    for key in ("skipped_count", "skipped"):
+        if key in meta:
+            summary[key] = meta[key]
+    return summary

@@ -1,0 +1,99 @@
+"""The quickstart run: minutes on a laptop CPU: a small l-DeTok on built-in data, then generators on its latents."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from detok import dist
+from detok.data import build_dataset, collate
+from detok.io import write_json
+from detok.runs.config import generator_config, generator_families, tokenizer_config
+from detok.runs.train import train_generator, train_tokenizer
+from detok.tokenizers.latents import write_cache
+from detok.tokenizers.load import load_tokenizer
+
+DATA_PRESETS = {"shapes": "quickstart_shapes", "fashion-mnist": "quickstart_fashion"}
+
+
+def quickstart(
+    data: str = "shapes", out: str | Path = "runs/quickstart", *, steps: int = 0, generator_steps: int = 0,
+    generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
+
+    Writes OUT/summary.json (returned) with the tokenizer's PSNR / SSIM and each generator's FID in the
+    domain classifier's features (`eval_samples` samples; 0 = no FID).
+    """
+    if data not in DATA_PRESETS:
+        raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
+    names = generator_families(generators if isinstance(generators, str) else ",".join(generators)) \
+        if generators else []
+    t0 = time.perf_counter()
+    out = Path(out)
+    tok_over = [f"train.out_dir={out / 'tokenizer'}", *(overrides or [])]
+    if steps:
+        tok_over.append(f"train.max_steps={steps}")
+    cfg = tokenizer_config(None, [DATA_PRESETS[data]], tok_over)
+    tok = train_tokenizer(cfg, recon_images=256)
+    rec = tok["reconstruction"]
+    results: dict[str, Any] = {}
+    if names:
+        cache = out / "latents"
+        tokenizer = load_tokenizer(tok["run_dir"])
+        train = build_dataset(cfg.data, "train")
+        if 0 < cache_images < len(train):
+            train = Subset(train, range(cache_images))
+        write_cache(tokenizer, train, cache, torch.device("cpu"),
+                    source={"tokenizer": tok["run_dir"], "data": cfg.data.name, "split": "train"},
+                    batch_size=256, collate=collate)
+        for name in names:
+            g_over = [f"tokenizer={tok['run_dir']}", f"cache={cache}", f"train.out_dir={out / name}"]
+            if generator_steps:
+                g_over.append(f"train.max_steps={generator_steps}")
+            g_cfg = generator_config(overrides=g_over, family=name)
+            res = train_generator(g_cfg)
+            results[name] = {
+                "model": g_cfg.model, "seconds": res["seconds"], "steps": res["steps"],
+                "parameters_m": res["parameters_m"], "final_loss": res["final"].get("loss"),
+                "samples": res["samples"]["grid"], "cfg_scale": g_cfg.sample.cfg_scale, "run_dir": res["run_dir"],
+            }
+            if eval_samples > 0:
+                results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
+    dist.shutdown()
+    grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
+    summary = {
+        "data": data,
+        "tokenizer": {
+            "model": cfg.model, "psnr": rec["psnr"], "ssim": rec["ssim"], "seconds": tok["seconds"],
+            "steps": tok["steps"], "img_per_s": tok["img_per_s"],
+            "latent_shape": [cfg.tokenizer.latent_dim, grid, grid], "gamma": cfg.tokenizer.gamma,
+            "mask_ratio": cfg.tokenizer.mask_ratio, "reconstructions": rec["grid"], "run_dir": tok["run_dir"],
+        },
+        "generators": results,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
+    """FID of n samples at the run's guidance scale, in the domain classifier's features (trained once, cached)."""
+    from detok.eval.protocol import EvalConfig, evaluate_generator_run
+
+    t0 = time.perf_counter()
+    ecfg = EvalConfig(feature_net="domain", cfg_scales=[scale], n_search=n, n_final=n, final_cfg1=False,
+                      batch_size=250)
+    res = evaluate_generator_run(run_dir, ecfg, tokenizer=tokenizer, data_cfg=data_cfg)
+    best = res["best"]
+    out = {"fid": best["fid"], "fid_samples": best["n"], "fid_features": res["recipe"]["feature_net"],
+           "eval_seconds": time.perf_counter() - t0}
+    for key in ("class_accuracy", "precision", "recall"):
+        if key in best:
+            out[key] = best[key]
+    return out

@@ -1,0 +1,89 @@
+"""Reconstruction runs: encode (posterior mean) and decode held-out images; PSNR / SSIM and a grid PNG."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.utils import make_grid
+from tqdm.auto import tqdm
+
+from detok.config import from_dict
+from detok.data import build_dataset, collate
+from detok.data.build import DataConfig
+from detok.dist import pick_device
+from detok.eval.recon import ReconMetrics
+from detok.io import atomic_write, write_json
+from detok.tokenizers.base import Tokenizer
+from detok.tokenizers.load import load_tokenizer, run_config
+
+
+def save_pairs_grid(images: torch.Tensor, recon: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """PNG grid of originals over reconstructions, row by row ([-1, 1] inputs)."""
+    from torchvision.utils import save_image
+
+    n = min(images.shape[0], nrow * 4)
+    rows = []
+    for i in range(0, n, nrow):
+        rows += [images[i : i + nrow], recon[i : i + nrow]]
+    grid = make_grid(torch.cat(rows).float().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1, pad_value=1.0)
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+
+
+@torch.no_grad()
+def reconstruct(
+    tokenizer: Tokenizer,
+    dataset: Dataset,
+    out_dir: str | Path,
+    device: torch.device,
+    n: int = 256,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode (posterior mean) and decode the first `n` images; metrics on uint8-rounded images, a grid PNG."""
+    tokenizer.eval().to(device)
+    n = min(n, len(dataset)) if n > 0 else len(dataset)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
+    metrics, first = ReconMetrics(), None
+    t0 = time.perf_counter()
+    for batch in tqdm(loader, desc="reconstruct", disable=not progress):
+        x = batch["image"].to(device)
+        recon = tokenizer.decode(tokenizer.encode(x))
+        metrics.update(x, recon)
+        if first is None:
+            first = (x.cpu(), recon.cpu())
+    out = metrics.compute()
+    grid = save_pairs_grid(*first, Path(out_dir) / "reconstructions.png")
+    return {**out, "grid": str(grid), "seconds": time.perf_counter() - t0}
+
+
+def data_config_for(tokenizer: Tokenizer, ckpt_config: dict, data: str = "", root: str = "",
+                    file_list: str = "") -> DataConfig:
+    """The tokenizer's training data config, with replacements (dataset name / root / file list), at its size."""
+    fields = dict(ckpt_config.get("data", {}))
+    if data:
+        fields = {"name": data}
+    if root:
+        fields["root"] = root
+    if file_list:
+        fields["file_list"] = file_list
+    fields["image_size"] = tokenizer.cfg.image_size
+    return from_dict(DataConfig, fields, prefix="data.")
+
+
+def reconstruct_run(
+    tokenizer: str | Path, *, data: str = "", root: str = "", file_list: str = "", split: str = "val",
+    num_images: int = 256, batch_size: int = 64, use_ema: bool = True, out: str | Path = "", device: str = "auto",
+) -> dict[str, Any]:
+    """`detok reconstruct`: reconstructions of a tokenizer's data split; OUT/reconstruct.json + the grid."""
+    tok = load_tokenizer(tokenizer, use_ema=use_ema)
+    dataset = build_dataset(data_config_for(tok, run_config(tokenizer), data, root, file_list), split)
+    default = Path(tokenizer) / "reconstruct" if Path(tokenizer).is_dir() else Path("reconstruct")
+    out_dir = Path(out or default)
+    res = reconstruct(tok, dataset, out_dir, pick_device(device), num_images, batch_size)
+    res.update(tokenizer=str(tokenizer), weights="ema" if use_ema else "raw", split=split)
+    write_json(out_dir / "reconstruct.json", res)
+    return res
