@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # test vectors of upstream code, vendored (README there)
+
+
+def load_fixture(name: str) -> dict:
+    """A vendored test-vector file; missing is an error, never a skip (the parity tests are detok's evidence)."""
+    path = FIXTURES / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the parity fixtures ship with the repository (tests/fixtures)")
+    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(autouse=True)
@@ -17,8 +25,5 @@ def _threads():
 
 @pytest.fixture
 def upstream_fixture():
-    """Test vectors made by upstream l-DeTok's own code (../shared/fixtures); skipped where absent."""
-    path = FIXTURES / "upstream_ldetok_tiny.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not present (it lives beside the project, not in it)")
-    return torch.load(path, weights_only=True)
+    """Test vectors made by upstream l-DeTok's own code (tests/fixtures/upstream_ldetok_tiny.pt)."""
+    return load_fixture("upstream_ldetok_tiny.pt")

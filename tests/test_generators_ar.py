@@ -12,9 +12,9 @@ from detok.generators.ar import ARDiff, KVCache, RasterAR, ar_config
 from detok.generators.diffloss import DiffLoss
 from detok.generators.mar import MAR, mar_config, mask_by_order, random_orders, truncated_normal
 from detok.generators.upstream_mar import infer_config, load_upstream_mar
-from detok.registry import build, names
+from detok.registry import build, family_of, names, tiny_members
 
-TINY = ["mar_tiny", "rasterar_tiny", "randomar_tiny"]
+TINY = [n for n in tiny_members("generator") if family_of("generator", n).name in ("mar", "rasterar", "randomar")]
 LATENT = (16, 4, 4)  # the fixture's 4 x 4 grid of 16 channels
 CLASSES = 10
 

@@ -14,9 +14,9 @@ from detok.generators.dit import DiTConfig, DiTFamily
 from detok.generators.lightningdit import LightningDiTConfig
 from detok.generators.sit import SiTConfig
 from detok.nn.dit_blocks import patchify, sincos_pos_embed_2d, unpatchify
-from detok.registry import build, names
+from detok.registry import build, family_of, names, tiny_members
 
-TINY = ["dit_tiny", "sit_tiny", "lightningdit_tiny"]
+TINY = [n for n in tiny_members("generator") if family_of("generator", n).name in ("dit", "sit", "lightningdit")]
 SHAPE = (4, 4, 4)  # (C, H, W)
 CLASSES = 10
 OUTPUT_LAYER = {"net.final_layer.linear.weight", "net.final_layer.linear.bias"}

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_fixture
 from detok.processes import FlowTransport, GaussianDiffusion, cfg_fn, linear_cfg, shift_time, space_timesteps
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "processes_dit_sit.pt"
 SCHEDULES = ["linear", "cosine"]
 
 
 @pytest.fixture(scope="module")
 def ref():
-    """Test vectors made by DiT's diffusion/ and SiT's transport/ code; skipped where absent."""
-    if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE} not present (it lives beside the project, not in it)")
-    return torch.load(FIXTURE, weights_only=True)
+    """Test vectors made by DiT's diffusion/ and SiT's transport/ code (tests/fixtures/processes_dit_sit.pt)."""
+    return load_fixture("processes_dit_sit.pt")
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-6, rtol: float = 1e-6) -> None:
