@@ -220,8 +220,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         presets = ", ".join(sorted(x.stem for x in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"config file {path} not found (built-in presets: {presets})")
-    with open(p) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(p) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: YAML syntax error{where}: {getattr(e, 'problem', None) or e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data

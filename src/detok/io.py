@@ -12,6 +12,7 @@ atomically, so a killed run always leaves the previous complete checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -99,6 +100,25 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not plain tensors), named in the message."""
+
+
+class DiskFullError(RuntimeError):
+    """Writing failed because the disk is full; the message says where, and what was kept."""
+
+
+def _is_disk_full(e: BaseException, folder: Path) -> bool:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    if "unexpected pos" in str(e) or "No space left" in str(e):  # torch.save's zip writer on ENOSPC
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -110,23 +130,35 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under RUN/checkpoints atomically, point `latest` at it, keep the newest `keep`."""
+    """Write checkpoint `step` under RUN/checkpoints atomically, point `latest` at it, keep the newest `keep`.
+
+    A failed write (a full disk, a killed process) leaves the previous checkpoint and `latest` as they were;
+    a full disk raises DiskFullError after removing the half-written temporary folder.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_flat(weights), str(tmp / "weights.safetensors"))
-    if ema:
-        save_file(_flat(ema), str(tmp / "ema.safetensors"))
-    torch.save({"step": step, **(state or {})}, tmp / "state.pt")
-    with open(tmp / "config.yaml", "w") as f:
-        yaml.safe_dump(config or {}, f, sort_keys=False)
-    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "kind": kind, "step": step}))
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        save_file(_flat(weights), str(tmp / "weights.safetensors"))
+        if ema:
+            save_file(_flat(ema), str(tmp / "ema.safetensors"))
+        torch.save({"step": step, **(state or {})}, tmp / "state.pt")
+        with open(tmp / "config.yaml", "w") as f:
+            yaml.safe_dump(config or {}, f, sort_keys=False)
+        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "kind": kind, "step": step}))
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e, root):
+            kept = (root / "latest").read_text().strip() if (root / "latest").exists() else "none yet"
+            raise DiskFullError(f"disk full while writing checkpoint step {step} to {root}; removed the partial "
+                                f"write, kept the last checkpoint ({kept})") from e
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -137,6 +169,29 @@ def save_checkpoint(
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file if it is truncated or not safetensors."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError, OSError, ...)
+        raise CheckpointError(f"{path}: cannot be read as safetensors (truncated or corrupt: {e})") from e
+
+
+def read_tensors(path: str | Path, what: str = "file") -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; CheckpointError naming the file if it holds code or is broken."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: this {what} cannot be read as plain tensors (it holds other Python "
+                              f"objects, which detok does not unpickle): {first}") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read this {what} ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else 'empty'})") from e
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -160,13 +215,19 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = find_checkpoint(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{self.path / 'meta.json'}: cannot read the checkpoint's meta data ({e})") from e
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.path}: checkpoint format {self.meta.get('format')} is not {FORMAT}")
-        self.config = yaml.safe_load((self.path / "config.yaml").read_text()) or {}
-        self.weights = _unflat(load_file(str(self.path / "weights.safetensors")))
+        try:
+            self.config = yaml.safe_load((self.path / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise CheckpointError(f"{self.path / 'config.yaml'}: cannot read the checkpoint's config ({e})") from e
+        self.weights = _unflat(read_safetensors(self.path / "weights.safetensors"))
         ema_file = self.path / "ema.safetensors"
-        self.ema = _unflat(load_file(str(ema_file))) if ema_file.exists() else {}
+        self.ema = _unflat(read_safetensors(ema_file)) if ema_file.exists() else {}
 
     @property
     def kind(self) -> str:
@@ -187,4 +248,4 @@ class Checkpoint:
 
     def training_state(self) -> dict[str, Any]:
         """Step, optimizer and RNG states; tensors and plain types only (no code runs on load)."""
-        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+        return read_tensors(self.path / "state.pt", "training state")

@@ -1,4 +1,9 @@
-"""`detok <verb>`: the command-line interface."""
+"""`detok <verb>`: the command-line interface, and its one error boundary.
+
+Every known failure (a bad config key or value, a missing or unreadable file, a checkpoint that is not plain
+tensors, a full disk, a bad image) ends in ONE line on stderr, `detok VERB: error: ...`, exit status 2; the
+traceback is shown with `--debug` or DETOK_DEBUG=1. Unknown exceptions keep their traceback (they are bugs).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,65 @@ import sys
 
 from detok import __version__
 
+VERBS = ("quickstart", "train", "encode", "sample", "reconstruct", "evaluate", "bench", "report", "convert")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from detok.cli import bench, convert, encode, evaluate, quickstart, reconstruct, report, sample, train
+    import importlib
 
     parser = argparse.ArgumentParser(
         prog="detok",
         description="Denoising visual tokenizers (l-DeTok) and generators on their latents.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `detok VERB --help` for a verb's options; defaults reproduce the paper's setting.",
+        epilog="Run `detok VERB --help` for a verb's options; defaults reproduce the paper's setting.\n"
+               "Errors are one line; --debug (or DETOK_DEBUG=1) shows the traceback.",
     )
     parser.add_argument("--version", action="version", version=f"detok {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (quickstart, train, encode, sample, reconstruct, evaluate, bench, report, convert):
-        module.add_parser(sub)
+    for verb in VERBS:
+        importlib.import_module(f"detok.cli.{verb}").add_parser(sub)
     return parser
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad input or environment (reported in one line), not a bug."""
+    import pickle
+
+    import yaml
+
+    from detok.config import ConfigError
+    from detok.io import CheckpointError, DiskFullError
+
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, DiskFullError, FileNotFoundError,
+                                         KeyError, ValueError, RuntimeError, OSError, yaml.YAMLError,
+                                         pickle.UnpicklingError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # older safetensors
+        pass
+    return tuple(errors)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of `e` as one line: KeyError's quotes dropped, OSError's file named, whitespace folded."""
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    elif isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
     from detok.cli.common import setup_logging
-    from detok.config import ConfigError
 
     setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("DETOK_DEBUG")) or "--debug" in argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may come after options (argparse stops collecting positionals at an option)
@@ -40,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
-        if os.environ.get("DETOK_DEBUG"):
+    except known_errors() as e:
+        if debug:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"detok {args.verb}: error: {msg}\n(set DETOK_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"detok {args.verb}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

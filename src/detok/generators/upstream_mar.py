@@ -21,6 +21,7 @@ import torch
 
 from detok.config import from_dict
 from detok.generators.mar import MAR, MARConfig
+from detok.io import read_tensors
 
 HEADS_BY_WIDTH = {64: 2, 768: 12, 1024: 16, 1280: 16}  # mar_tiny, MAR-B, MAR-L, MAR-H
 # (width, encoder depth, decoder depth) -> heads of the sizes LTH14/mar and l-DeTok build and release
@@ -32,7 +33,7 @@ RELEASED_LATENT_CHANNELS = 16  # KL-16 and l-DeTok latents, patch 1: token width
 def load_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True (plus argparse.Namespace, which LTH14/mar saves as `args`)."""
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_tensors(path, "checkpoint")
 
 
 def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:

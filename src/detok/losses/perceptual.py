@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from detok.io import read_tensors
 from detok.losses.weights import find_weights, package_file
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1
@@ -61,7 +62,7 @@ def _meta_if(flag: bool) -> contextlib.AbstractContextManager:
 
 def _load_file(path: Path) -> dict[str, Tensor]:
     """Read a state dict of tensors from a .pth file on the CPU."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_tensors(path, "weights file")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state

@@ -6,10 +6,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import torch
-
 from detok.config import from_dict
-from detok.io import Checkpoint
+from detok.io import Checkpoint, read_tensors
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.detok import DeTok, DetokConfig
 from detok.tokenizers.external import (
@@ -71,7 +69,7 @@ def load_tokenizer(path: str | Path, use_ema: bool = True, image_size: int | Non
         return load_external(*spec, image_size=image_size)
     p = Path(path)
     if p.is_file():
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = read_tensors(p, "checkpoint")
         if is_kl_checkpoint(ckpt):
             return kl16_from_checkpoint(ckpt, source=str(p), **({} if image_size is None else {"image_size": image_size}))
         return load_upstream_tokenizer(ckpt if isinstance(ckpt, dict) else p, use_ema=use_ema)

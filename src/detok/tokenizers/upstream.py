@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from detok.io import read_tensors
 from detok.tokenizers.detok import SIZES, DeTok, DetokConfig
 
 _RENAMES = [
@@ -145,7 +146,7 @@ def load_upstream_tokenizer(
     """
     ckpt = path_or_ckpt
     if not isinstance(ckpt, dict):
-        ckpt = torch.load(path_or_ckpt, map_location="cpu", weights_only=True)
+        ckpt = read_tensors(path_or_ckpt, "checkpoint")
     if "model" not in ckpt:
         raise KeyError(f"not an upstream l-DeTok checkpoint (keys: {sorted(ckpt)[:8]}); expected 'model'")
     state = dict(ckpt["model"])
