@@ -40,8 +40,12 @@ class LatentStatsHook(Hook):
         self.model.set_stats(mean, std)
 
 
-def check_resume(run_dir: Path, kind: str, model: str) -> None:
-    """Refuse a --resume whose run folder holds another kind or model, before anything is written."""
+def check_resume(run_dir: Path, kind: str, model: str, section: str = "", wanted: dict | None = None) -> None:
+    """Refuse a --resume the run folder cannot honour, before anything is written into it.
+
+    The latest checkpoint must be of this kind and model, its model section (`section`: the architecture
+    fields) must equal `wanted`, and its training state must read as plain tensors.
+    """
     try:
         ckpt = Checkpoint(find_checkpoint(run_dir))
     except FileNotFoundError:
@@ -50,6 +54,14 @@ def check_resume(run_dir: Path, kind: str, model: str) -> None:
     if ckpt.kind != kind or found_model != model:
         raise ValueError(f"cannot resume {run_dir}: it is a {ckpt.kind} run of {found_model}; "
                          f"the command asks for a {kind} run of {model}")
+    if section and wanted is not None:
+        saved = ckpt.config.get(section, {}) or {}
+        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if differ:
+            shown = ", ".join(f"{section}.{k}: run {saved.get(k)!r}, asked {wanted.get(k)!r}" for k in differ[:4])
+            raise ValueError(f"cannot resume {run_dir}: its {section} config differs ({shown}"
+                             f"{', ...' if len(differ) > 4 else ''})")
+    ckpt.training_state()  # a CheckpointError naming state.pt if it is not plain tensors
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
@@ -63,7 +75,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
 
     run_dir = Path(cfg.train.out_dir)
     if resume:
-        check_resume(run_dir, "tokenizer", cfg.model)
+        check_resume(run_dir, "tokenizer", cfg.model, "tokenizer", to_dict(cfg)["tokenizer"])
     torch.manual_seed(cfg.train.seed)  # initial weights (incl. random-init perceptual nets) follow the seed
     model = DeTok(cfg.tokenizer)
     if cfg.init_from:
@@ -114,7 +126,7 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
         raise ValueError("train generator needs tokenizer=RUN_OR_CHECKPOINT (the tokenizer whose latents it models)")
     run_dir = Path(cfg.train.out_dir)
     if resume:
-        check_resume(run_dir, "generator", cfg.model)
+        check_resume(run_dir, "generator", cfg.model, "generator", dict(cfg.generator))
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     if not has_latent_stats(tok):
         raise ValueError(
