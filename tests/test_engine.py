@@ -91,8 +91,13 @@ def _weights(run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
-    full = train_tokenizer(_tiny_cfg(tmp_path, "full"), recon_images=0)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch, workers):
+    """Weights, EMA, optimizer states and every RNG (global torch, the task's; worker seeds with workers)."""
+    def cfg(name):  # the tiny recipe with `workers` DataLoader workers
+        return _tiny_cfg(tmp_path, name, **{"data.num_workers": workers})
+
+    full = train_tokenizer(cfg("full"), recon_images=0)
     assert full["steps"] == 4
 
     real_step = TokenizerTask.step
@@ -104,15 +109,22 @@ def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(TokenizerTask, "step", killed)
     with pytest.raises(KeyboardInterrupt):
-        train_tokenizer(_tiny_cfg(tmp_path, "resumed"), recon_images=0)
+        train_tokenizer(cfg("resumed"), recon_images=0)
     assert Checkpoint(tmp_path / "resumed").step == 2
     monkeypatch.setattr(TokenizerTask, "step", real_step)
-    train_tokenizer(_tiny_cfg(tmp_path, "resumed"), resume=True, recon_images=0)
+    train_tokenizer(cfg("resumed"), resume=True, recon_images=0)
 
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    sa, sb = Checkpoint(tmp_path / "full").training_state(), Checkpoint(tmp_path / "resumed").training_state()
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"]), "global RNG differs after resume"
+    assert torch.equal(sa["rng"]["task"], sb["rng"]["task"])
+    for name, opt in sa["optimizers"].items():
+        for pid, st in opt["state"].items():
+            for key, value in st.items():
+                assert torch.equal(value, sb["optimizers"][name]["state"][pid][key]), (name, pid, key)
 
 
 class _ToyTask(Task):
