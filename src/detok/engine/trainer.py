@@ -419,8 +419,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _save(self, step: int, rng: torch.Generator) -> None:
-        # RNG states differ per rank: rank 0's go into state.pt, every rank's (DDP) into
-        # checkpoints/rank_rng/rank{r}.pt, tagged with the step so a stale file is never restored.
+        # RNG states differ per rank: every rank's state is gathered into rank 0's state.pt ("rank_rng"), so one
+        # atomic write holds them all and a resume restores each rank's stream exactly.
+        rank_rngs = self._gather(rng_state(rng))
         if self.info.is_main:
             save_checkpoint(
                 self.run_dir,
@@ -430,21 +431,25 @@ class Trainer:
                 ema={self.task.ema_module: self.ema.state_dict()},
                 state={
                     "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                    "rng": rng_state(rng),
+                    "rng": rank_rngs[0],
+                    "rank_rng": rank_rngs,
                     "extra": self.task.extra_state(),
                 },
                 config=self.config,
                 keep=self.cfg.keep_checkpoints,
             )
         dist.barrier()
-        if self.info.enabled:
-            rank_dir = self.run_dir / "checkpoints" / "rank_rng"
-            rank_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"step": step, "rng": rng_state(rng)}, rank_dir / f"rank{self.info.rank}.pt")
-            dist.barrier()
+
+    def _gather(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every rank's `state`, in rank order (a list of one without DDP)."""
+        if not self.info.enabled:
+            return [state]
+        out: list[Any] = [None] * self.info.world
+        torch.distributed.all_gather_object(out, state)
+        return out
 
     def _restore(self) -> tuple[int, dict[str, Any] | None]:
-        """Load modules, EMA, optimizers and task state of the latest checkpoint: (its step, its RNG state)."""
+        """Load modules, EMA, optimizers and task state of the latest checkpoint: (its step, this rank's RNG)."""
         try:
             ckpt = Checkpoint(find_checkpoint(self.run_dir))
         except FileNotFoundError:
@@ -456,14 +461,24 @@ class Trainer:
         state = ckpt.training_state()
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        saved = state["rng"]
-        rank_file = self.run_dir / "checkpoints" / "rank_rng" / f"rank{self.info.rank}.pt"
-        if self.info.enabled and rank_file.exists():
-            rank_state = torch.load(rank_file, weights_only=True)
-            if rank_state["step"] == ckpt.step:
-                saved = rank_state["rng"]
+        ranks = state.get("rank_rng") or self._legacy_rank_rngs(ckpt, state)
         self.task.load_extra_state(state.get("extra", {}))
-        return ckpt.step, saved
+        if len(ranks) == self.info.world:
+            return ckpt.step, ranks[self.info.rank]
+        self._log(f"[detok] {self.run_dir} was trained by {len(ranks)} process(es), this run has {self.info.world}: "
+                  "weights and optimizers resume, the data order and random streams start anew (not bit-exact)")
+        return ckpt.step, None
+
+    def _legacy_rank_rngs(self, ckpt: Checkpoint, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """RNG states of checkpoints written before 0.2 (checkpoints/rank_rng/rank{r}.pt beside them)."""
+        files = sorted((self.run_dir / "checkpoints" / "rank_rng").glob("rank*.pt"))
+        ranks = [state["rng"]]
+        for f in files[1:]:
+            saved = torch.load(f, weights_only=True)
+            if saved.get("step") != ckpt.step:
+                return [state["rng"]]
+            ranks.append(saved["rng"])
+        return ranks
 
     def _tensorboard(self):
         try:
