@@ -141,3 +141,34 @@ def test_resume_with_other_architecture_is_one_line_and_writes_nothing(runs):
     errors = [ln for ln in out.stderr.splitlines() if ": error: " in ln]
     assert out.returncode == 2 and len(errors) == 1 and "tokenizer.latent_dim" in errors[0], out.stderr[-1500:]
     assert folder_digest(runs["tok"]) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs: room for one tiny-tokenizer checkpoint (~15 MB), not two."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    if rc.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {rc.stderr.decode().strip()}")
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, tmp_path):
+    run = small_disk / "run"
+    out = detok(*TOK, "--out", str(run), "train.keep_checkpoints=0")
+    errors = [ln for ln in out.stderr.splitlines() if ": error: " in ln]
+    assert out.returncode == 2 and len(errors) == 1 and "disk full" in errors[0], out.stderr[-2000:]
+    assert str(small_disk) in errors[0] and "step-00000002" in errors[0]
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-00000002"
+    assert not list(ckpts.glob(".tmp-*")), "the half-written checkpoint was left on the full disk"
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    done = detok(*TOK, "--out", str(moved), "--resume", "train.keep_checkpoints=0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (moved / "checkpoints" / "latest").read_text().strip() == "step-00000004"

@@ -111,7 +111,7 @@ class DiskFullError(RuntimeError):
 def _is_disk_full(e: BaseException, folder: Path) -> bool:
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
-    if "unexpected pos" in str(e) or "No space left" in str(e):  # torch.save's zip writer on ENOSPC
+    if any(s in str(e) for s in ("unexpected pos", "No space left", "os error 28")):  # torch.save / safetensors
         return True
     try:
         return shutil.disk_usage(folder).free < 1 << 20
@@ -152,7 +152,7 @@ def save_checkpoint(
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError: clean up, then say why
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(e, root):
             kept = (root / "latest").read_text().strip() if (root / "latest").exists() else "none yet"
