@@ -154,3 +154,30 @@ def test_convert_upstream_mar_then_load(upstream_fixture, tmp_path):
     with torch.no_grad():
         out = gen(fx["tokens"], fx["mask"], fx["labels"])
     torch.testing.assert_close(out, fx["decoder_output"], rtol=0, atol=1e-5)
+
+
+def test_encode_folder_with_unreadable_files_caches_real_images_only(tiny_run, tmp_path, capsys):
+    """`detok encode --data imagefolder` over 6 good + 2 corrupt files: 6 cached, the 2 named; --bad-images fail
+    stops with one line naming a file."""
+    from PIL import Image
+
+    root = tmp_path / "imgs" / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (60 * i, 100, 200 if c == "a" else 20)).save(root / c / f"{i}.png")
+        (root / c / "broken.png").write_bytes(b"not a png at all")
+    cache = tmp_path / "cache"
+    assert main(["encode", str(tiny_run), "--out", str(cache), "--data", "imagefolder", "--root",
+                 str(tmp_path / "imgs"), "--num-workers", "0", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    ds = LatentCache(cache)
+    assert len(ds) == 6 and ds.meta["count"] == 6 and ds.meta["skipped_count"] == 2
+    assert sorted(Path(p).parent.name + "/" + Path(p).name for p in ds.meta["skipped"]) == ["a/broken.png",
+                                                                                              "b/broken.png"]
+    assert sorted(int(ds[i]["index"]) for i in range(6)) == [0, 1, 2, 4, 5, 6]  # each real image once
+    assert "skipped_count: 2" in out and "broken.png" in out
+    assert main(["encode", str(tiny_run), "--out", str(tmp_path / "c2"), "--data", "imagefolder", "--root",
+                 str(tmp_path / "imgs"), "--num-workers", "0", "--bad-images", "fail"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and "broken.png" in err[0]

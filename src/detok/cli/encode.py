@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--root", default="", help="dataset folder (imagefolder / filelist / fashion-mnist)")
     p.add_argument("--file-list", default="", help="file list for --data filelist (`relative/path label` lines)")
     p.add_argument("--split", default="train", choices=["train", "val"], help="data split to encode")
+    p.add_argument("--bad-images", default="", choices=["", "skip", "fail"],
+                   help="unreadable images: skip them (named in the summary and meta.json) or fail; "
+                   "default: the tokenizer run's data.bad_images")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
@@ -31,7 +34,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok.runs.encode import encode
 
     summary = encode(args.tokenizer, args.out, data=args.data, root=args.root, file_list=args.file_list,
-                     split=args.split, batch_size=args.batch_size, num_workers=args.num_workers,
+                     split=args.split, bad_images=args.bad_images, batch_size=args.batch_size, num_workers=args.num_workers,
                      shard_size=args.shard_size, recompute_stats=args.recompute_stats, device=args.device)
     if dist.rank_world()[0] == 0:
         print_summary("detok encode", summary)

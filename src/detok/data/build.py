@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from torch.utils.data import Dataset, default_collate
 
+from detok.config import option
 from detok.data.fashion_mnist import FashionMNISTDataset
 from detok.data.folder import FileListDataset, ImageFolderDataset, max_label, split_folder
 from detok.data.shapes import ShapesDataset
@@ -18,32 +19,28 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class DataConfig:
     """Which dataset to read and how; every item is {"image", "label", "index", "caption", "skipped"}."""
 
-    name: Literal["shapes", "fashion-mnist", "imagefolder", "filelist"] = _f(
+    name: Literal["shapes", "fashion-mnist", "imagefolder", "filelist"] = option(
         "shapes", "dataset: shapes (built in), fashion-mnist, imagefolder (ROOT/<class>/<img>), filelist"
     )
-    root: str = _f("", "folder of images (imagefolder / filelist), or the Fashion-MNIST folder")
-    file_list: str = _f("", "filelist: text file of `relative/path label` lines, paths relative to root")
-    val_file_list: str = _f("", "filelist for split=val (empty: the train list is used, with a warning)")
-    image_size: int = _f(256, "side of the square images; 256 is the paper setting (ADM center crop)")
-    hflip: bool = _f(True, "random horizontal flip, applied to tensors by the training task (paper: on)")
-    bad_images: Literal["skip", "fail"] = _f(
+    root: str = option("", "folder of images (imagefolder / filelist), or the Fashion-MNIST folder")
+    file_list: str = option("", "filelist: text file of `relative/path label` lines, paths relative to root")
+    val_file_list: str = option("", "filelist for split=val (empty: the train list is used, with a warning)")
+    image_size: int = option(256, "side of the square images; 256 is the paper setting (ADM center crop)")
+    hflip: bool = option(True, "random horizontal flip, applied to tensors by the training task (paper: on)")
+    bad_images: Literal["skip", "fail"] = option(
         "skip", "unreadable image: skip (use the next index, record it in 'skipped') or fail (raise)"
     )
-    load_truncated: bool = _f(
+    load_truncated: bool = option(
         False, "accept truncated image files as PIL LOAD_TRUNCATED_IMAGES does (upstream l-DeTok: on)"
     )
-    num_workers: int = _f(2, "DataLoader worker processes")
-    shapes_size: int = _f(10000, "shapes: number of train images (val: shapes_size // 10)")
-    seed: int = _f(0, "shapes: generator seed (>= 0)")
-    download: bool = _f(
+    num_workers: int = option(2, "DataLoader worker processes")
+    shapes_size: int = option(10000, "shapes: number of train images (val: shapes_size // 10)")
+    seed: int = option(0, "shapes: generator seed (>= 0)")
+    download: bool = option(
         False, "fashion-mnist: allow a torchvision download if no local files (needs network)"
     )
 
@@ -57,6 +54,29 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     out = default_collate([{k: v for k, v in item.items() if k != "skipped"} for item in batch])
     out["skipped"] = skipped
     return out
+
+
+def own_images(batch: dict[str, Any]) -> list[bool]:
+    """Per item of a `collate`d batch: True when its image is its own file, False when it is a substitute.
+
+    Under bad_images=skip a bad file i is replaced by the next loadable one (i+1, ...), which also appears as
+    its own item; an item whose "skipped" list is empty is exactly file `index` (tried first, and it loaded),
+    so keeping only those keeps every readable image once and no duplicates. Batches without a
+    per-item "skipped" list (datasets without bad images) keep every item.
+    """
+    n = len(batch["image"])
+    skipped = batch.get("skipped")
+    if not isinstance(skipped, list) or len(skipped) != n:
+        return [True] * n
+    return [not s for s in skipped]
+
+
+def skipped_paths(batch: dict[str, Any]) -> set[str]:
+    """The bad files named by any item of a `collate`d batch (each item's "skipped" is a list of paths)."""
+    skipped = batch.get("skipped")
+    if not isinstance(skipped, list):
+        return set()
+    return {p for s in skipped for p in ([s] if isinstance(s, str) else s)}
 
 
 def _imagefolder(cfg: DataConfig, split: str) -> ImageFolderDataset:

@@ -7,6 +7,7 @@ run (`bad_images="fail"`, BadImageError naming the file) or is replaced by the n
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -20,6 +21,37 @@ from detok.data.transforms import BadImageError, center_crop_arr, load_image, to
 log = logging.getLogger(__name__)
 
 BadImagePolicy = Literal["skip", "fail"]
+
+# Pillow formats whose files it can identify but not decode: MPEG reads only a video's header
+UNDECODABLE_FORMATS = frozenset({"MPEG"})
+OPENED_BY = {"MPO": "JPEG"}  # formats with no opener of their own: Pillow's JPEG opener returns MPO images
+IGNORED_EXAMPLES = 3  # ignored files named in the scan's warning
+
+
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """Lower-case extensions (".gif", ".jpg", ...) of every format the installed Pillow can open and decode.
+
+    torchvision's IMG_EXTENSIONS lists only nine, so an image folder silently lost .gif, .jfif, .avif, ...
+    files. Pillow's registry also names save-only formats (PDF, ...: not in Image.OPEN) and stub formats that
+    need a handler to decode (HDF5, GRIB, BUFR, WMF), which are left out here, as is UNDECODABLE_FORMATS.
+    """
+    from PIL import Image, ImageFile
+
+    exts = []
+    for ext, fmt in Image.registered_extensions().items():  # calls Image.init(): every plugin registered
+        opener = Image.OPEN.get(OPENED_BY.get(fmt, fmt), (None,))[0]
+        if opener is None or fmt in UNDECODABLE_FORMATS:
+            continue
+        if isinstance(opener, type) and issubclass(opener, ImageFile.StubImageFile):
+            continue
+        exts.append(ext.lower())
+    return tuple(sorted(set(exts)))
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's extension is one Pillow opens (see image_extensions), case-insensitively."""
+    return os.fspath(path).lower().endswith(image_extensions())
 
 
 def class_caption(name: str) -> str:
@@ -105,17 +137,41 @@ class ImageFolderDataset(ImageFileDataset):
         classes_from: str | os.PathLike[str] | None = None,
     ) -> None:
         # torchvision's ImageFolder helpers; imported here so `import detok.data` stays light
-        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+        from torchvision.datasets.folder import find_classes, make_dataset
 
         self.root = os.fspath(root)
         # classes_from: take the class list from another folder (the val split uses the train classes)
         _, class_to_idx = find_classes(os.fspath(classes_from or root))
+        ignored: list[str] = []
+
+        def keep(path: str) -> bool:
+            if is_image_file(path):
+                return True
+            if not os.path.basename(path).startswith("."):  # hidden files (.DS_Store, ...) go unmentioned
+                ignored.append(path)
+            return False
+
         # allow_empty: a class folder without images is fine (its label still exists)
-        samples = make_dataset(self.root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        samples = make_dataset(self.root, class_to_idx, is_valid_file=keep, allow_empty=True)
+        self.ignored = sorted(os.path.relpath(p, self.root) for p in ignored)  # not images by extension
+        if self.ignored:
+            more = ", ..." if len(self.ignored) > IGNORED_EXAMPLES else ""
+            examples = ", ".join(self.ignored[:IGNORED_EXAMPLES]) + more
+            log.warning(
+                "%s: ignored %d file(s) whose extension is not an image format Pillow opens: %s",
+                self.root,
+                len(self.ignored),
+                examples,
+            )
         if not samples:
             raise FileNotFoundError(
-                f"no images under {self.root}: expected {self.root}/<class>/<image> with an extension in "
-                f"{', '.join(IMG_EXTENSIONS)}"
+                f"no images under {self.root}: expected {self.root}/<class>/<image> with an image extension "
+                f"Pillow opens (.jpg, .png, .gif, .webp, ...; {len(image_extensions())} in all)"
+                + (
+                    f"; {len(self.ignored)} other file(s) ignored, e.g. {self.ignored[0]}"
+                    if self.ignored
+                    else ""
+                )
             )
         names = sorted(class_to_idx, key=class_to_idx.__getitem__)
         super().__init__(samples, names, image_size, bad_images, load_truncated)

@@ -8,22 +8,78 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 WHITE = (255, 255, 255)  # background that transparent pixels are composited onto
 UINT16_TO_UINT8 = 257.0  # 65535 / 255: 16-bit greyscale ("I;16", "I") is scaled, not clipped
 
 
+class WorkerTraceback(RuntimeError):
+    """The full traceback of an error raised in a DataLoader worker: the `__cause__` of the clean error."""
+
+
+def _one_line(text: str) -> str:
+    """`text` joined onto one line (the house rule: bad input gives one clear error line)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+# the two message shapes raised below: load_image's and the skip policy's "every file failed"
+_PATH_PATTERNS = (
+    re.compile(r"\Acannot load image (.+?): "),
+    re.compile(r"starting at index -?\d+ \((.+)\)\Z"),
+)
+
+
+def _path_in(message: str) -> str | None:
+    """The file named by a BadImageError message of this module, or None (best effort, for worker errors)."""
+    for pattern in _PATH_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
+
+
 class BadImageError(RuntimeError):
-    """An image file that cannot be read or decoded; the message names the file and the reason."""
+    """An image file that cannot be read or decoded; the message names the file and the reason, on one line.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as `BadImageError(text)`, text being
+    "Caught BadImageError in DataLoader worker process N.\nOriginal Traceback ..." (~30 lines). The
+    constructor recognises that text and keeps only the original one-line message, so every loop over a
+    DataLoader (trainer, encode, evaluation) reports the same single line as with num_workers=0; `path` is
+    recovered from the message, `where` says which worker raised it, and the worker traceback is kept as
+    `__cause__` (shown with DETOK_DEBUG=1).
+    """
 
     def __init__(self, message: str, path: str | None = None) -> None:
+        where, worker_traceback = "", None
+        original = _worker_message(message, type(self).__name__)
+        if original is not None:
+            where = message.split("\n", 1)[0].removeprefix(f"Caught {type(self).__name__} ").rstrip(".")
+            worker_traceback, message = message, original
+        message = _one_line(message)
         super().__init__(message)
-        self.path = path
+        self.path = path if path is not None else (_path_in(message) if original is not None else None)
+        self.where = where  # "in DataLoader worker process 1" for a worker's error, else ""
+        if worker_traceback is not None:
+            self.__cause__ = WorkerTraceback(worker_traceback)
+
+
+def _worker_message(text: str, name: str) -> str | None:
+    """The original message inside torch's ExceptionWrapper re-raise text for exception `name`, else None.
+
+    The text is "Caught <name> <where>.\nOriginal Traceback (most recent call last): ..." ending with the line
+    "<module>.<name>: <message>" (our messages are one line); the last such line is the error itself (earlier
+    ones may belong to chained causes).
+    """
+    if not text.startswith(f"Caught {name} ") or "\nOriginal Traceback" not in text:
+        return None
+    lines = re.findall(rf"^(?:[\w.]+\.)?{re.escape(name)}: (.*)$", text, flags=re.M)
+    return lines[-1] if lines else None
 
 
 @contextlib.contextmanager
@@ -64,7 +120,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike[str], load_truncated: bool = False) -> Image.Image:
-    """Open, fully decode and convert one file to RGB; any failure raises BadImageError naming the file."""
+    """Open, fully decode and convert one file to RGB; any failure raises BadImageError naming the file.
+
+    A multi-frame file (animated GIF / WebP / APNG, multi-page TIFF) gives its first frame, where Image.open
+    leaves it.
+    """
     path = os.fspath(path)
     try:
         with _truncated_images(load_truncated), open(path, "rb") as f:
@@ -76,6 +136,8 @@ def load_image(path: str | os.PathLike[str], load_truncated: bool = False) -> Im
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, struct.error, ...
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             reason = "empty file"
+        elif isinstance(e, UnidentifiedImageError):  # its own text is "<_io.BufferedReader name=...>"
+            reason = "not an image file Pillow can identify (unknown format or corrupt header)"
         elif isinstance(e, OSError) and "truncated" in str(e):
             reason = f"truncated file ({e}); set load_truncated=true to accept it"
         else:

@@ -9,53 +9,13 @@ Axis letters: M tokens flattened over the batch, C token channels, W head width,
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from detok.nn.dit_blocks import LN_EPS, FinalLayer, TimestepEmbedder, modulate
 from detok.nn.linear import Linear
+from detok.nn.random import randn
 from detok.processes.gaussian import GaussianDiffusion
-
-FREQ_DIM = 256  # sinusoidal timestep features fed to the time MLP (DiT / MAR)
-MAX_PERIOD = 10_000
-LN_EPS = 1e-6
-
-
-def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: int = MAX_PERIOD) -> torch.Tensor:
-    """Sinusoidal features (M, dim) of timesteps (M,), laid out [cos | sin] as DiT / MAR."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]  # (M, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (M, 2 * half)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-def randn(
-    shape: tuple[int, ...], like: torch.Tensor, rng: torch.Generator | None = None
-) -> torch.Tensor:
-    """Standard normal noise of `like`'s dtype and device, drawn on the generator's device if given."""
-    device = rng.device if rng is not None else like.device
-    return torch.randn(shape, generator=rng, device=device, dtype=like.dtype).to(like.device)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift."""
-    return x * (1 + scale) + shift
-
-
-class TimestepEmbedder(nn.Module):
-    """Timestep (M,) -> (M, W): sinusoidal features then a SiLU MLP."""
-
-    def __init__(self, width: int, freq_dim: int = FREQ_DIM) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(Linear(freq_dim, width), nn.SiLU(), Linear(width, width))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim))
 
 
 class ResBlock(nn.Module):
@@ -72,31 +32,18 @@ class ResBlock(nn.Module):
         return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
 
 
-class FinalLayer(nn.Module):
-    """Modulated LayerNorm (no affine) then a linear map to the output channels."""
-
-    def __init__(self, width: int, out_channels: int) -> None:
-        super().__init__()
-        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
-        self.linear = Linear(width, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)  # 2 x (M, W)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
 class DiffLossMLP(nn.Module):
     """The denoiser f(x_t, t, z) -> [eps | v] (M, 2C): MAR's SimpleMLPAdaLN, same parameter names."""
 
     def __init__(self, channels: int, cond_channels: int, width: int, depth: int) -> None:
         super().__init__()
         self.channels = channels
-        self.time_embed = TimestepEmbedder(width)
+        self.time_embed = TimestepEmbedder(width, linear=Linear)
         self.cond_embed = Linear(cond_channels, width)
         self.input_proj = Linear(channels, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
-        self.final_layer = FinalLayer(width, 2 * channels)  # eps and the learned-variance interpolant
+        # eps and the learned-variance interpolant
+        self.final_layer = FinalLayer(width, 2 * channels, linear=Linear)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -196,7 +143,7 @@ class DiffLoss(nn.Module):
         shared by both halves, so only the conditional trajectory is run and returned.
         """
         m = z.shape[0]
-        noise = randn((m, self.channels), z, rng)
+        noise = randn((m, self.channels), device=z.device, dtype=z.dtype, rng=rng)
         if m == 0:
             return noise
         # The condition embedding is fixed over the loop and t is one step for every row, so both are

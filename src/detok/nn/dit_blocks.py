@@ -1,5 +1,9 @@
 """Blocks of the DiT family (DiT, SiT, LightningDiT): embedders, adaLN-Zero block, final layer, patchify.
 
+The timestep embedder, `modulate` and the final layer are also those of the per-token diffusion head
+(`detok.generators.diffloss`, MAR's SimpleMLPAdaLN), which builds them with the few-rows CPU
+`detok.nn.linear.Linear`; parameter names are DiT's / MAR's either way.
+
 "Scalable Diffusion Models with Transformers", Peebles & Xie, arXiv 2212.09748 (adaLN-Zero);
 LightningDiT (Yao et al., arXiv 2501.01423) swaps in RMSNorm, SwiGLU, 2-D RoPE and optional QK-norm.
 
@@ -45,12 +49,17 @@ def timestep_features(
 
 
 class TimestepEmbedder(nn.Module):
-    """Timestep t (B,) -> (B, D): sinusoidal features, then Linear-SiLU-Linear."""
+    """Timestep t (B,) -> (B, D): sinusoidal features, then Linear-SiLU-Linear.
 
-    def __init__(self, width: int, freq_dim: int = TIME_FREQ_DIM) -> None:
+    `linear` is the Linear class of the MLP (nn.Linear, or the diffusion head's few-rows `Linear`).
+    """
+
+    def __init__(
+        self, width: int, freq_dim: int = TIME_FREQ_DIM, linear: type[nn.Linear] = nn.Linear
+    ) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = nn.Sequential(linear(freq_dim, width), nn.SiLU(), linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))
@@ -106,8 +115,14 @@ def unpatchify(tokens: torch.Tensor, patch: int, grid: int) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) shared by every token."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: x * (1 + scale) + shift.
+
+    x (B, N, D) with shift and scale (B, D) shared by every token (DiT), or shift and scale of x's own
+    shape: per-token conditions (B, N, D) (RasterAR / RandomAR) or rows (M, D) (the diffusion head).
+    """
+    if shift.ndim == x.ndim - 1:
+        shift, scale = shift[:, None], scale[:, None]  # (B, 1, D): one condition for all N tokens
+    return x * (1 + scale) + shift
 
 
 def make_norm(kind: Norm, width: int) -> nn.Module:
@@ -189,15 +204,20 @@ class AdaLNBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """Modulated norm, then a linear map of each token to its patch (B, N, out)."""
+    """Modulated norm, then a linear map of each token to its output: its patch (DiT) or [eps | v] (head).
 
-    def __init__(self, width: int, out_dim: int, norm: Norm = "layer") -> None:
+    `linear` is the Linear class (nn.Linear, or the diffusion head's few-rows `Linear`).
+    """
+
+    def __init__(
+        self, width: int, out_dim: int, norm: Norm = "layer", linear: type[nn.Linear] = nn.Linear
+    ) -> None:
         super().__init__()
         self.norm_final = make_norm(norm, width)
-        self.linear = nn.Linear(width, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = linear(width, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x (B, N, D), c (B, D) -> (B, N, out)."""
+        """x (B, N, D) and c (B, D) -> (B, N, out); or rows x (M, D) and c (M, D) -> (M, out)."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x (B, D)
         return self.linear(modulate(self.norm_final(x), shift, scale))

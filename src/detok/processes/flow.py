@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detok.processes.gaussian import _progress, _randn, mean_flat
+from detok.nn.random import draw_device, randn_like
+from detok.processes.gaussian import _progress, mean_flat
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -96,7 +97,7 @@ class FlowTransport:
         self, n: int, device: torch.device | str, rng: torch.Generator | None = None
     ) -> Tensor:
         """Training times (n,) float32 in [train_eps, 1 - train_eps], uniform or logit-normal."""
-        gen_device = rng.device if rng is not None else device
+        gen_device = draw_device(rng, device)
         if self.t_sampling == "uniform":
             u = torch.rand(n, generator=rng, device=gen_device)
         else:
@@ -117,7 +118,7 @@ class FlowTransport:
         if t is None:
             t = self.sample_t(x1.shape[0], x1.device, rng)
         t = t.to(device=x1.device, dtype=x1.dtype)
-        x0 = _randn(x1.shape, x1, rng) if noise is None else noise
+        x0 = randn_like(x1, rng) if noise is None else noise
         x_t, u_t = self.plan(t, x0, x1)
         v = model_fn(x_t, t)
         return {
@@ -211,7 +212,7 @@ class FlowTransport:
         dt = grid[1] - grid[0]
         for i in _progress(range(steps - 1), progress):
             d, w = drift(x, grid[i])
-            x = x + d * dt + torch.sqrt(2 * w) * _randn(x.shape, x, rng) * torch.sqrt(dt).to(x.dtype)
+            x = x + d * dt + torch.sqrt(2 * w) * randn_like(x, rng) * torch.sqrt(dt).to(x.dtype)
         if last_step_size > 0:
             x = x + drift(x, grid[-1])[0] * last_step_size
         return x

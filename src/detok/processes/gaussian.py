@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from detok.nn.random import draw_device, randn_like
+
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -98,12 +100,6 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
-
-
-def _randn(shape: Sequence[int], like: Tensor, rng: torch.Generator | None) -> Tensor:
-    """Standard normal noise like `like`, drawn from `generator` (on the generator's device) if given."""
-    device = rng.device if rng is not None else like.device
-    return torch.randn(tuple(shape), generator=rng, device=device, dtype=like.dtype).to(like.device)
 
 
 def _progress(it: Sequence[int], on: bool) -> Sequence[int]:
@@ -245,10 +241,10 @@ class GaussianDiffusion:
         """Per-sample (B,) "loss" = "mse" (+ "vb" with learned sigma); model_fn(x_t, original step index)."""
         b = x0.shape[0]
         if t is None:
-            device = rng.device if rng is not None else x0.device
-            t = torch.randint(0, self.num_timesteps, (b,), generator=rng, device=device).to(x0.device)
+            t = torch.randint(0, self.num_timesteps, (b,), generator=rng, device=draw_device(rng, x0.device))
+            t = t.to(x0.device)
         if noise is None:
-            noise = _randn(x0.shape, x0, rng)
+            noise = randn_like(x0, rng)
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, self.timestep_map.to(t.device)[t])
         terms: dict[str, Tensor] = {}
@@ -289,7 +285,7 @@ class GaussianDiffusion:
             pmv = self.p_mean_variance(out, x, t)
             x = pmv["mean"]
             if i > 0:
-                x = x + torch.exp(0.5 * pmv["log_variance"]) * _randn(x.shape, x, rng) * temperature
+                x = x + torch.exp(0.5 * pmv["log_variance"]) * randn_like(x, rng) * temperature
         return x
 
     def ddim_step(
@@ -321,6 +317,6 @@ class GaussianDiffusion:
         x = noise
         for i in _progress(range(self.num_timesteps - 1, -1, -1), progress):
             t, out = self._model(model_fn, x, i)
-            z = _randn(x.shape, x, rng) if eta > 0 and i > 0 else None
+            z = randn_like(x, rng) if eta > 0 and i > 0 else None
             x = self.ddim_step(out, x, t, eta=eta if i > 0 else 0.0, noise=z)
         return x

@@ -15,13 +15,14 @@ from detok.tokenizers.load import load_tokenizer, run_config
 
 def encode(
     tokenizer: str | Path, out: str | Path, *, data: str = "", root: str = "", file_list: str = "",
-    split: str = "train", batch_size: int = 64, num_workers: int = 2, shard_size: int = 4096,
+    split: str = "train", bad_images: str = "", batch_size: int = 64, num_workers: int = 2, shard_size: int = 4096,
     recompute_stats: bool = False, device: str = "auto", progress: bool = True,
 ) -> dict[str, Any]:
     """Write the latent cache of `tokenizer` over a data split to `out`; returns its summary.
 
     Latent statistics come from the tokenizer, or are computed over this data when it has none (or when
-    `recompute_stats`); the cache records the tokenizer's fingerprint and statistics, so a generator run
+    `recompute_stats`). Unreadable images are skipped (`bad_images="skip"`, the data config's default: the
+    cache holds each real image once and its meta names the skipped files) or stop the run ("fail"). The cache records the tokenizer's fingerprint and statistics, so a generator run
     against another tokenizer's cache stops with an error.
     """
     if batch_size < 1 or shard_size < 1 or num_workers < 0:
@@ -30,7 +31,7 @@ def encode(
     info = dist.init(device)
     try:
         tok = load_tokenizer(tokenizer).to(info.device)
-        data_cfg = data_config_for(tok, run_config(tokenizer), data, root, file_list)
+        data_cfg = data_config_for(tok, run_config(tokenizer), data, root, file_list, bad_images)
         dataset = build_dataset(data_cfg, split)
         recompute = recompute_stats or not has_latent_stats(tok)
         if recompute:
@@ -48,7 +49,8 @@ def encode(
     summary = {k: meta[k] for k in ("count", "latent_shape", "tokenizer_fingerprint") if k in meta}
     summary.update(out=str(out), shards=len(meta.get("shards", [])),
                    stats="recomputed" if recompute else "from tokenizer")
-    for key in ("skipped_count", "skipped"):
-        if key in meta:
-            summary[key] = meta[key]
+    if meta.get("skipped_count"):
+        summary["skipped_count"] = meta["skipped_count"]
+        shown = meta["skipped"][:5]
+        summary["skipped"] = shown + ([f"... full list in {Path(out) / 'meta.json'}"] if len(meta["skipped"]) > 5 else [])
     return summary

@@ -61,8 +61,9 @@ def reconstruct(
 
 
 def data_config_for(tokenizer: Tokenizer, ckpt_config: dict, data: str = "", root: str = "",
-                    file_list: str = "") -> DataConfig:
-    """The tokenizer's training data config, with replacements (dataset name / root / file list), at its size."""
+                    file_list: str = "", bad_images: str = "") -> DataConfig:
+    """The tokenizer's training data config, with replacements (dataset name / root / file list / bad-image
+    policy), at its image size."""
     fields = dict(ckpt_config.get("data", {}))
     if data:
         fields = {"name": data}
@@ -70,6 +71,8 @@ def data_config_for(tokenizer: Tokenizer, ckpt_config: dict, data: str = "", roo
         fields["root"] = root
     if file_list:
         fields["file_list"] = file_list
+    if bad_images:
+        fields["bad_images"] = bad_images
     fields["image_size"] = tokenizer.cfg.image_size
     return from_dict(DataConfig, fields, prefix="data.")
 

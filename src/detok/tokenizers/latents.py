@@ -5,33 +5,70 @@ train on posterior samples) of each image and of its horizontal flip, in safeten
 `meta.json` recording the tokenizer's fingerprint and normalisation. A generator run against a cache
 made by another tokenizer (or other statistics) stops with an error instead of training on the
 wrong latent space.
+
+Only real images are encoded: under data.bad_images=skip an unreadable file's item carries the next
+file's image (which also comes as its own item), so such items are dropped and the bad files are listed in
+meta "skipped"; each rank reads a disjoint stride of the dataset without DistributedSampler's padding, so
+no image is counted twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from detok import dist
+from detok.data.build import collate as detok_collate
+from detok.data.build import own_images, skipped_paths
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 
+log = logging.getLogger(__name__)
+
 CACHE_FORMAT = 1
+SKIPPED_EXAMPLES = 3  # bad files named in the warning (meta.json lists them all)
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, collate=None) -> DataLoader:
-    sampler = None
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+class _RankStride(Sampler[int]):
+    """Indices rank, rank + world, ... < n: disjoint per rank and covering the dataset once.
+
+    DistributedSampler(drop_last=False) pads the last ranks with repeated indices, which would put some
+    images twice into the cache and into the statistics; nothing here needs equal batch counts per rank
+    (the only collectives come after the loops).
+    """
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, collate: Callable | None = None) -> DataLoader:
+    """Sequential batches of this rank's stride; a bad image in a worker raises the one-line BadImageError."""
+    rank, world = dist.rank_world()
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate
+        dataset,
+        batch_size=batch_size,
+        sampler=_RankStride(len(dataset), rank, world),
+        num_workers=num_workers,
+        collate_fn=collate or detok_collate,
     )
+
+
+def _own(batch: dict[str, Any]) -> torch.Tensor:
+    """Boolean mask (B,) of the batch items whose image is their own file (see detok.data.build.own_images)."""
+    return torch.tensor(own_images(batch), dtype=torch.bool)
 
 
 @torch.no_grad()
@@ -48,6 +85,8 @@ def latent_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (C,) over the dataset (no flips), float64 sums, all ranks.
 
+    Items the skip policy filled with another file's image are left out, so each readable image counts once.
+
     of="mean": statistics of the posterior means (upstream l-DeTok). of="sample": of the posterior samples the
     generators train on; same mean, variance var(mean) + E[posterior variance], so that a channel whose
     posterior noise dwarfs its signal (an under-trained or collapsed channel) is not scaled up to noise of std >> 1.
@@ -61,8 +100,11 @@ def latent_stats(
     for batch in tqdm(
         _loader(dataset, batch_size, num_workers, collate), desc="latent stats", disable=not progress
     ):
-        post = DiagonalGaussian(tokenizer.encode_moments(batch["image"].to(device)).double())
-        z = post.mean  # (B, C, h, w)
+        own = _own(batch)
+        if not own.any():
+            continue
+        post = DiagonalGaussian(tokenizer.encode_moments(batch["image"][own].to(device)).double())
+        z = post.mean  # (B', C, h, w), B' = own images of the batch
         acc[0] += z.shape[0] * z.shape[2] * z.shape[3]
         acc[1] += z.sum((0, 2, 3))
         acc[2] += z.pow(2).sum((0, 2, 3))
@@ -92,13 +134,23 @@ def write_cache(
     collate=None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode every image (and its h-flip) to posterior moments in shards; returns the meta dict."""
+    """Encode every readable image (and its h-flip) to posterior moments in shards; returns the meta dict.
+
+    `collate` must keep "skipped" one list per item (detok.data.collate, the default). Under bad_images=skip
+    the items that carry a substituted image are dropped: the cache holds each readable file once, meta
+    "count" is their number, "skipped" the sorted paths of the unreadable files (all ranks merged) and
+    "skipped_count" their number. Under bad_images=fail the one-line BadImageError naming the file propagates
+    (also from DataLoader workers).
+    """
     tokenizer.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank, world = dist.rank_world()
+    if rank == 0:  # an old cache here: its meta would describe shards this run overwrites, even if it stops
+        (out / "meta.json").unlink(missing_ok=True)
     buf: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "index": []}
     shards, count, k = [], 0, 0
+    skipped: set[str] = set()
 
     def flush() -> None:
         nonlocal k
@@ -114,16 +166,21 @@ def write_cache(
     for batch in tqdm(
         _loader(dataset, batch_size, num_workers, collate), desc="encode", disable=not progress
     ):
-        x = batch["image"].to(device)
-        buf["moments"].append(tokenizer.encode_moments(x).float().cpu())  # (B, 2C, h, w)
+        skipped |= skipped_paths(batch)
+        own = _own(batch)
+        if not own.any():
+            continue
+        x = batch["image"][own].to(device)  # (B', 3, H, W): the items that are their own file
+        buf["moments"].append(tokenizer.encode_moments(x).float().cpu())  # (B', 2C, h, w)
         buf["moments_flip"].append(tokenizer.encode_moments(x.flip(-1)).float().cpu())
-        buf["labels"].append(torch.as_tensor(batch["label"]).long())
-        buf["index"].append(torch.as_tensor(batch["index"]).long())
+        buf["labels"].append(torch.as_tensor(batch["label"]).long()[own])
+        buf["index"].append(torch.as_tensor(batch["index"]).long()[own])
         count += x.shape[0]
         if sum(t.shape[0] for t in buf["labels"]) >= shard_size:
             flush()
     flush()
-    (out / f"shards-r{rank:03d}.json").write_text(json.dumps({"shards": shards, "count": count}))
+    part = {"shards": shards, "count": count, "skipped": sorted(skipped)}
+    (out / f"shards-r{rank:03d}.json").write_text(json.dumps(part))
     dist.barrier()
     meta = {
         "format": CACHE_FORMAT,
@@ -135,9 +192,18 @@ def write_cache(
         "source": source,
     }
     if rank == 0:
-        parts = [json.loads(p.read_text()) for p in sorted(out.glob("shards-r*.json"))]
+        # this run's ranks only: a folder reused from a run with more ranks may hold stale parts
+        parts = [json.loads((out / f"shards-r{r:03d}.json").read_text()) for r in range(world)]
         meta["shards"] = [s for p in parts for s in p["shards"]]
         meta["count"] = sum(p["count"] for p in parts)
+        bad = sorted({s for p in parts for s in p.get("skipped", [])})
+        meta["skipped"], meta["skipped_count"] = bad, len(bad)
+        if bad:
+            more = ", ..." if len(bad) > SKIPPED_EXAMPLES else ""
+            log.warning(
+                "latent cache %s: %d unreadable image(s) skipped, not cached (listed in meta.json): %s%s",
+                out, len(bad), ", ".join(bad[:SKIPPED_EXAMPLES]), more,
+            )
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
     dist.barrier()
     return json.loads((out / "meta.json").read_text())
@@ -163,6 +229,13 @@ class LatentCache(Dataset):
             for key, value in load_file(str(self.path / name)).items():
                 data.setdefault(key, []).append(value)
         self.data = {k: torch.cat(v) for k, v in data.items()}
+        count = int(self.meta.get("count", len(self)))
+        if count != len(self):
+            raise ValueError(
+                f"latent cache {self.path} is inconsistent: meta.json counts {count} images but its shards "
+                f"hold {len(self)}; re-run `detok encode`"
+            )
+        self.skipped: list[str] = list(self.meta.get("skipped", []))  # unreadable files left out of the cache
 
     def __len__(self) -> int:
         return int(self.data["labels"].shape[0])
