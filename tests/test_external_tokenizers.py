@@ -316,3 +316,15 @@ def test_kl16_blocks_match_diffusers_numerically():
         post = ref.encode(x).latent_dist
         torch.testing.assert_close(tok.encode_moments(x), torch.cat([post.mean, post.logvar], 1), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(tok.decode(post.mean), ref.decode(post.mean).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_diffusers_folder_with_pickled_weights_is_refused_in_one_line(tmp_path):
+    """A `.bin` (pickle) diffusers folder is never unpickled: one CheckpointError naming the folder and file."""
+    from detok.io import CheckpointError
+
+    vae = _tiny_vae()
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=False)
+    assert not list((tmp_path / "vae").glob("*.safetensors")) and list((tmp_path / "vae").glob("*.bin"))
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.bin.*safetensors only") as e:
+        load_tokenizer(tmp_path / "vae", image_size=32)
+    assert "\n" not in str(e.value)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detok.config import from_dict, to_dict
+from detok.io import CheckpointError
 from detok.registry import Family, alias, register, register_family
 from detok.tokenizers.base import Tokenizer
 
@@ -340,7 +341,11 @@ class DiffusersTokenizer(Tokenizer):
         p = Path(folder)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"no diffusers AutoencoderKL folder at {p} (expected {p / 'config.json'})")
-        vae = _autoencoder_kl().from_pretrained(str(p), local_files_only=True)
+        if not list(p.glob("*.safetensors")):
+            pickled = sorted(x.name for x in p.glob("*.bin"))
+            raise CheckpointError(f"{p}: no safetensors weights{' (only the pickle ' + ', '.join(pickled) + ')' if pickled else ''}; "
+                                  "detok reads diffusers weights as safetensors only (save_pretrained writes them)")
+        vae = _autoencoder_kl().from_pretrained(str(p), local_files_only=True, use_safetensors=True)
         tok = cls(vae, image_size)
         tok.checkpoint_path = str(p)
         return tok.eval()
