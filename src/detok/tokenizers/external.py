@@ -341,11 +341,12 @@ class DiffusersTokenizer(Tokenizer):
         p = Path(folder)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"no diffusers AutoencoderKL folder at {p} (expected {p / 'config.json'})")
+        autoencoder_kl = _autoencoder_kl()  # a clear ImportError first when diffusers is not installed
         if not list(p.glob("*.safetensors")):
             pickled = sorted(x.name for x in p.glob("*.bin"))
             raise CheckpointError(f"{p}: no safetensors weights{' (only the pickle ' + ', '.join(pickled) + ')' if pickled else ''}; "
                                   "detok reads diffusers weights as safetensors only (save_pretrained writes them)")
-        vae = _autoencoder_kl().from_pretrained(str(p), local_files_only=True, use_safetensors=True)
+        vae = autoencoder_kl.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
         tok = cls(vae, image_size)
         tok.checkpoint_path = str(p)
         return tok.eval()
