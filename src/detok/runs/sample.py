@@ -111,7 +111,7 @@ def sample_run(
 
             shown = _grid_subset(all_labels, per_class=8, max_classes=10)
             grid_images = torch.from_numpy(images_u8[shown]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            data_name = str(cfg.get("data", {}).get("name", "")) if not cfg.get("cache") else ""
+            data_name = run_data_name(cfg)
             save_class_grid(grid_images, torch.from_numpy(all_labels[shown]), out_dir / "samples.png",
                             class_names(data_name))
             summary = {
@@ -125,6 +125,16 @@ def sample_run(
         return summary
     finally:
         dist.shutdown()
+
+
+def run_data_name(cfg: dict[str, Any]) -> str:
+    """The dataset a generator run trained on: its latent cache's source, else its data config."""
+    import json
+
+    cache = cfg.get("cache")
+    if cache and (Path(cache) / "meta.json").is_file():
+        return str(json.loads((Path(cache) / "meta.json").read_text()).get("source", {}).get("data", ""))
+    return str(cfg.get("data", {}).get("name", ""))
 
 
 def _grid_subset(labels: np.ndarray, per_class: int, max_classes: int) -> np.ndarray:
