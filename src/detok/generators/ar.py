@@ -22,23 +22,16 @@ from einops import rearrange
 from torch import nn
 
 from detok.config import from_dict
-from detok.generators.base import LABEL_DROPOUT, Generator
-from detok.generators.diffloss import DiffLoss, modulate
-from detok.generators.mar import Mlp, random_orders
-from detok.nn.dit_blocks import patchify, unpatchify_cpq
+from detok.generators.base import LABEL_DROPOUT
+from detok.generators.mar import LatentTokenGenerator, Mlp, random_orders
+from detok.nn.dit_blocks import make_norm, modulate
 from detok.nn.linear import Linear
+from detok.nn.sizes import SIZE_SUFFIXES, SIZES
 from detok.processes.guidance import linear_cfg
 from detok.registry import Family, Sampling, register, register_family
 
-LN_EPS = 1e-6
-
-# SIZE_DICT shared with the tokenizer / DiT (note: large is 24 layers here, unlike MAR-L)
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 2),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "xl": (1152, 28, 16),
-}
+# Sizes: the rows of detok.nn.sizes.SIZES, upstream's SIZE_DICT shared with the tokenizer and DiT (large is
+# 24 layers here, unlike MAR-L's 16 + 16); `SIZES` stays importable from here.
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,14 +91,18 @@ class CausalAttention(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class AdaLNBlock(nn.Module):
-    """DiT adaLN-Zero block with per-token conditions: shift, scale and gate for attention and MLP."""
+class CausalAdaLNBlock(nn.Module):
+    """adaLN-Zero block on causal, KV-cached attention, with per-token conditions (B, n, D).
+
+    Unlike the DiT block (`detok.nn.dit_blocks.AdaLNBlock`, one condition per sample), every step has its
+    own shift, scale and gate for attention and MLP; the MLP is MAR's GELU `Mlp`.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
+        self.norm1 = make_norm("layer", width)
         self.attn = CausalAttention(width, heads)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
+        self.norm2 = make_norm("layer", width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 6 * width))
 
@@ -121,7 +118,7 @@ class FinalNorm(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=LN_EPS)
+        self.norm = make_norm("layer", width)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -157,24 +154,18 @@ class ARConfig:
     cfg_schedule: Literal["linear", "constant"] = "linear"
 
 
-class ARDiff(Generator):
+class ARDiff(LatentTokenGenerator):
     """Decoder-only causal transformer over latent tokens in raster or random order, DiffLoss head."""
 
     sampling = Sampling(steps="one token per step, as many steps as tokens", default_steps="tokens",
                         head_steps="DDPM steps of the per-token DiffLoss head (respacing)", default_head_steps="100",
                         fixed_steps=True)
 
+    cfg: ARConfig
+
     def __init__(self, cfg: ARConfig) -> None:
-        super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
-        self.cfg = cfg
-        c, h, w = cfg.latent_shape
-        p = cfg.patch_size
-        if h % p or w % p:
-            raise ValueError(f"latent grid {h}x{w} is not divisible by patch size {p}")
-        self.grid = (h // p, w // p)
-        self.seq_len = n = self.grid[0] * self.grid[1]
-        self.token_dim = c * p * p
-        d = cfg.width
+        super().__init__(cfg)
+        n, d = self.seq_len, cfg.width
 
         self.class_emb = nn.Embedding(cfg.num_classes + 1, d)  # last row: the null class
         self.step_embed = nn.Parameter(torch.zeros(1, n, d))  # per-step part of the adaLN condition
@@ -182,11 +173,9 @@ class ARDiff(Generator):
         self.bos_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))  # position of the token an input holds
         self.target_pos_embed = nn.Parameter(torch.zeros(1, n, d))  # position the input must predict
-        self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(CausalAdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_layer = FinalNorm(d)
-        self.diffloss = DiffLoss(
-            self.token_dim, d, cfg.diffloss_d, cfg.diffloss_w, cfg.num_sampling_steps, cfg.diffusion_batch_mul
-        )
+        self.diffloss = self.make_head()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -202,15 +191,7 @@ class ARDiff(Generator):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    # -- tokens and orders --------------------------------------------------------------------------
-
-    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q)."""
-        return patchify(latents, self.cfg.patch_size)
-
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, T) -> (B, C, H, W)."""
-        return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
+    # -- orders -------------------------------------------------------------------------------------
 
     def orders(
         self, batch: int, rng: torch.Generator | None = None, device: torch.device | None = None
@@ -268,11 +249,10 @@ class ARDiff(Generator):
         """
         cfg = cfg_scale
         device = self.bos_token.device
-        temperature = self.cfg.temperature if temperature is None else temperature
-        schedule = cfg_schedule or self.cfg.cfg_schedule
+        labels, null, temperature, schedule = self.sampling_setup(
+            n, labels, device, temperature, cfg_schedule
+        )
         length = self.seq_len
-        null = torch.full((n,), self.null_label, dtype=torch.long, device=device)
-        labels = null if labels is None else labels.to(device)
         guided = cfg != 1.0
         rows = 2 * n if guided else n
 
@@ -333,11 +313,10 @@ class RandomAR(ARDiff):
 # Presets and registration
 # ---------------------------------------------------------------------------------------------------
 
-_SIZE_OF = {"tiny": "tiny", "b": "base", "l": "large", "xl": "xl"}
 PRESETS: dict[str, dict] = {}
 for _order in ("raster", "random"):
-    for _short, _size in _SIZE_OF.items():
-        _w, _d, _h = SIZES[_size]
+    for _short in ("tiny", "b", "l", "xl"):
+        _w, _d, _h = SIZES[SIZE_SUFFIXES[_short]]
         PRESETS[f"{_order}ar_{_short}"] = {"order": _order, "width": _w, "depth": _d, "heads": _h}
         if _short == "tiny":
             PRESETS[f"{_order}ar_{_short}"].update(diffloss_d=2, diffloss_w=64)

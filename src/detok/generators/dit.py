@@ -33,24 +33,16 @@ from detok.nn.dit_blocks import (
     sincos_pos_embed_2d,
     unpatchify,
 )
+from detok.nn.random import randn
 from detok.nn.rope import rope_table
+from detok.nn.sizes import SIZE_SUFFIXES, SIZES, size_of
 from detok.processes.gaussian import GaussianDiffusion
 from detok.processes.guidance import cfg_fn
 from detok.registry import Family, Sampling, register, register_family
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# width, depth, heads: upstream SIZE_DICT (shared by l-DeTok's DiT, SiT and LightningDiT), plus CPU-sized
-# `tiny` (tests) and `mini` (quickstart)
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 2),
-    "mini": (128, 4, 2),
-    "small": (512, 8, 8),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "xl": (1152, 28, 16),
-    "huge": (1280, 32, 16),
-}
+# The DiT family's sizes are the rows of detok.nn.sizes.SIZES; `SIZES` and `size_of` stay importable here.
 LEGACY_CFG_CHANNELS = 3  # DiT's forward_with_cfg guides only the first 3 channels (DiT PR #12, issue #41)
 
 
@@ -84,13 +76,6 @@ class DiTConfig(BackboneConfig):
         default="100",
         metadata={"help": "respaced sampling steps; paper / l-DeTok builder 100 (DiT's own default is 250)"},
     )
-
-
-def size_of(name: str) -> tuple[int, int, int]:
-    """(width, depth, heads) of a named size."""
-    if name not in SIZES:
-        raise ValueError(f"unknown size {name!r}; choose one of {', '.join(SIZES)}")
-    return SIZES[name]
 
 
 # -- network -----------------------------------------------------------------------------------------
@@ -204,10 +189,8 @@ class DiTFamily(Generator):
         return self.loss(latents, labels, rng)
 
     def initial_noise(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
-        """Standard normal (n, C, H, W) on the model's device, drawn from `generator` (on its own device)."""
-        device = self.net.x_embedder.weight.device
-        draw_on = rng.device if rng is not None else device
-        return torch.randn((n, *self.latent_shape), generator=rng, device=draw_on).to(device)
+        """Standard normal (n, C, H, W) float32 on the model's device, drawn from `rng` (on its device)."""
+        return randn((n, *self.latent_shape), device=self.net.x_embedder.weight.device, rng=rng)
 
     def labels_or_null(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
         """labels (n,) on the model's device, or n null labels."""
@@ -296,7 +279,8 @@ class DiT(DiTFamily):
 
 # -- presets -----------------------------------------------------------------------------------------
 
-PRESET_SIZES = {"b": "base", "l": "large", "xl": "xl", "tiny": "tiny", "mini": "mini"}  # name suffix -> size
+# name suffix -> size of the registered presets (dit_b, ..., shared by SiT and LightningDiT)
+PRESET_SIZES = {suffix: SIZE_SUFFIXES[suffix] for suffix in ("b", "l", "xl", "tiny", "mini")}
 C = TypeVar("C", bound=BackboneConfig)
 
 
@@ -308,17 +292,24 @@ def make_config(
     return from_dict(cls, merged)
 
 
+def register_presets(family: str, model: Callable[[C], DiTFamily], config: type[C]) -> None:
+    """Register generator `{family}_{suffix}` for every PRESET_SIZES entry: `model` at that size."""
+
+    def builder(size: str) -> Callable[..., DiTFamily]:
+        def build(
+            latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides
+        ) -> DiTFamily:
+            return model(make_config(config, size, latent_shape, num_classes, overrides))
+
+        build.__doc__ = f"Build {family} at size {size!r} on `latent_shape` latents, `num_classes` classes."
+        return build
+
+    for suffix, size in PRESET_SIZES.items():
+        register("generator", f"{family}_{suffix}", family=family)(builder(size))
+
+
 register_family(Family(
     "generator", "dit", "DiT: transformer on latent patches, Gaussian diffusion (DDPM, learned sigma)",
     recipe="quickstart_dit", sampling=DiT.sampling, config=DiTConfig, paper="arXiv 2212.09748",
 ))
-
-
-def _register_dit(suffix: str, size: str) -> None:
-    @register("generator", f"dit_{suffix}", family="dit")
-    def build(latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides) -> DiT:
-        return DiT(make_config(DiTConfig, size, latent_shape, num_classes, overrides))
-
-
-for _suffix, _size in PRESET_SIZES.items():
-    _register_dit(_suffix, _size)
+register_presets("dit", DiT, DiTConfig)

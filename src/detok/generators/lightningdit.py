@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from detok.generators.dit import PRESET_SIZES, BackboneConfig, DiTFamily, DiTNet, ModelFn, make_config
+from detok.generators.dit import BackboneConfig, DiTFamily, DiTNet, ModelFn, register_presets
 from detok.processes.flow import FlowTransport
-from detok.registry import Family, Sampling, register, register_family
+from detok.registry import Family, Sampling, register_family
 
 
 @dataclass
@@ -104,15 +104,4 @@ register_family(Family(
     "generator", "lightningdit", "LightningDiT: DiT with RMSNorm, SwiGLU, RoPE; flow matching, shifted Euler",
     recipe="quickstart_lightningdit", sampling=LightningDiT.sampling, config=LightningDiTConfig, paper="arXiv 2501.01423",
 ))
-
-
-def _register_lightningdit(suffix: str, size: str) -> None:
-    @register("generator", f"lightningdit_{suffix}", family="lightningdit")
-    def build(
-        latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides
-    ) -> LightningDiT:
-        return LightningDiT(make_config(LightningDiTConfig, size, latent_shape, num_classes, overrides))
-
-
-for _suffix, _size in PRESET_SIZES.items():
-    _register_lightningdit(_suffix, _size)
+register_presets("lightningdit", LightningDiT, LightningDiTConfig)

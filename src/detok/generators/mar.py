@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,8 @@ from detok.generators.base import LABEL_DROPOUT, Generator
 from detok.generators.diffloss import DiffLoss
 from detok.nn.dit_blocks import patchify, unpatchify_cpq
 from detok.nn.linear import Linear
+from detok.nn.random import draw_device
+from detok.nn.sizes import MAR_SIZES, SIZE_SUFFIXES
 from detok.processes.guidance import linear_cfg
 from detok.registry import Family, Sampling, register, register_family
 
@@ -36,8 +38,8 @@ LN_EPS = 1e-6  # LayerNorm epsilon of MAR's blocks and norms
 # ---------------------------------------------------------------------------------------------------
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with qkv bias, attention dropout and output dropout."""
+class MARAttention(nn.Module):
+    """MAR's (timm's) multi-head self-attention: qkv bias, attention and output dropout, no RoPE."""
 
     def __init__(self, width: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -68,15 +70,15 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class Block(nn.Module):
-    """Pre-norm ViT block (LayerNorm eps 1e-6): x + attn(norm1(x)), then x + mlp(norm2(x))."""
+class MARBlock(nn.Module):
+    """MAR's pre-norm ViT block (LayerNorm eps 1e-6, GELU MLP): x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
     def __init__(
         self, width: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float, mlp_drop: float
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
-        self.attn = Attention(width, heads, attn_drop, proj_drop)
+        self.attn = MARAttention(width, heads, attn_drop, proj_drop)
         self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
         self.mlp = Mlp(width, int(width * mlp_ratio), mlp_drop)
 
@@ -86,15 +88,8 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Randomness helpers (torch only, every draw from the caller's generator)
+# Randomness helpers (torch only, every draw from the caller's generator, on its device: `draw_device`)
 # ---------------------------------------------------------------------------------------------------
-
-
-def _draw_device(
-    rng: torch.Generator | None, device: torch.device | str | None
-) -> torch.device | str | None:
-    """Random draws happen on the generator's device (then move), else on the target device."""
-    return rng.device if rng is not None else device
 
 
 def truncated_normal(
@@ -109,7 +104,7 @@ def truncated_normal(
     """n draws (float64) of N(mean, std^2) truncated to [low, high], by the inverse CDF."""
     lo = torch.special.ndtr(torch.tensor((low - mean) / std, dtype=torch.float64))
     hi = torch.special.ndtr(torch.tensor((high - mean) / std, dtype=torch.float64))
-    u = torch.rand(n, generator=rng, dtype=torch.float64, device=_draw_device(rng, device))
+    u = torch.rand(n, generator=rng, dtype=torch.float64, device=draw_device(rng, device))
     u = (lo + (hi - lo) * u.cpu()).to(device)
     return (mean + std * torch.special.ndtri(u)).clamp(low, high)
 
@@ -121,7 +116,7 @@ def random_orders(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """One uniformly random permutation of range(length) per sample: (batch, length) int64."""
-    keys = torch.rand(batch, length, generator=rng, device=_draw_device(rng, device))
+    keys = torch.rand(batch, length, generator=rng, device=draw_device(rng, device))
     return torch.argsort(keys, dim=1).to(device)
 
 
@@ -129,6 +124,77 @@ def mask_by_order(orders: torch.Tensor, num_masked: int) -> torch.Tensor:
     """Bool mask (B, N): True at the first `num_masked` positions of each order."""
     mask = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device)
     return mask.scatter(1, orders[:, :num_masked], True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What MAR and RasterAR / RandomAR share: latent patch tokens and the per-token DiffLoss head
+# ---------------------------------------------------------------------------------------------------
+
+
+class TokenHeadConfig(Protocol):
+    """The config fields `LatentTokenGenerator` reads (MARConfig and ar.ARConfig have them all)."""
+
+    latent_shape: tuple[int, int, int]
+    num_classes: int
+    label_dropout: float
+    patch_size: int
+    width: int
+    diffloss_d: int
+    diffloss_w: int
+    diffusion_batch_mul: int
+    num_sampling_steps: int | str
+    temperature: float
+    cfg_schedule: Literal["linear", "constant"]
+
+
+class LatentTokenGenerator(Generator):
+    """A Generator over the latent as row-major patch tokens (B, N, T) with a per-token `DiffLoss` head.
+
+    Sets `grid` (h, w) of tokens, `seq_len` N and `token_dim` T = C * P^2 from the config; the subclass
+    builds its network, then the head with `make_head` (the order of construction fixes the seeded init).
+    """
+
+    def __init__(self, cfg: TokenHeadConfig) -> None:
+        super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
+        self.cfg = cfg
+        c, h, w = cfg.latent_shape
+        p = cfg.patch_size
+        if h % p or w % p:
+            raise ValueError(f"latent grid {h}x{w} is not divisible by patch size {p}")
+        self.grid = (h // p, w // p)
+        self.seq_len = self.grid[0] * self.grid[1]
+        self.token_dim = c * p * p
+
+    def make_head(self) -> DiffLoss:
+        """The per-token DiffLoss head: tokens of `token_dim` conditioned on backbone outputs of `width`."""
+        cfg = self.cfg
+        return DiffLoss(self.token_dim, cfg.width, cfg.diffloss_d, cfg.diffloss_w,
+                        cfg.num_sampling_steps, cfg.diffusion_batch_mul)  # fmt: skip
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q) as upstream."""
+        return patchify(latents, self.cfg.patch_size)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, T) -> (B, C, H, W)."""
+        return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
+
+    def sampling_setup(
+        self,
+        n: int,
+        labels: torch.Tensor | None,
+        device: torch.device,
+        temperature: float | None,
+        cfg_schedule: Literal["linear", "constant"] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, float, str]:
+        """(labels (n,) on `device` (None: null), null labels (n,), temperature, CFG schedule).
+
+        temperature and cfg_schedule default (None) to the config's.
+        """
+        null = torch.full((n,), self.null_label, dtype=torch.long, device=device)
+        labels = null if labels is None else labels.to(device)
+        temperature = self.cfg.temperature if temperature is None else temperature
+        return labels, null, temperature, cfg_schedule or self.cfg.cfg_schedule
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,22 +232,16 @@ class MARConfig:
     cfg_schedule: Literal["linear", "constant"] = "linear"
 
 
-class MAR(Generator):
+class MAR(LatentTokenGenerator):
     """MAE encoder / decoder over latent tokens with class-embedding buffer slots and a DiffLoss head."""
 
     sampling = Sampling(steps="unmasking iterations of the cosine mask schedule", default_steps="64",
                         head_steps="DDPM steps of the per-token DiffLoss head (respacing)", default_head_steps="100")
 
+    cfg: MARConfig
+
     def __init__(self, cfg: MARConfig) -> None:
-        super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
-        self.cfg = cfg
-        c, h, w = cfg.latent_shape
-        p = cfg.patch_size
-        if h % p or w % p:
-            raise ValueError(f"latent grid {h}x{w} is not divisible by patch size {p}")
-        self.grid = (h // p, w // p)
-        self.seq_len = self.grid[0] * self.grid[1]
-        self.token_dim = c * p * p
+        super().__init__(cfg)
         d, s, n = cfg.width, cfg.buffer_size, self.seq_len
         drops = (cfg.attn_dropout, cfg.proj_dropout, cfg.mlp_dropout)
 
@@ -191,7 +251,7 @@ class MAR(Generator):
         self.z_proj_ln = nn.LayerNorm(d, eps=LN_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, s + n, d))
         self.encoder_blocks = nn.ModuleList(
-            Block(d, cfg.heads, cfg.mlp_ratio, *drops) for _ in range(cfg.encoder_depth)
+            MARBlock(d, cfg.heads, cfg.mlp_ratio, *drops) for _ in range(cfg.encoder_depth)
         )
         self.encoder_norm = nn.LayerNorm(d, eps=LN_EPS)
 
@@ -199,14 +259,12 @@ class MAR(Generator):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, s + n, d))
         self.decoder_blocks = nn.ModuleList(
-            Block(d, cfg.heads, cfg.mlp_ratio, *drops) for _ in range(cfg.decoder_depth)
+            MARBlock(d, cfg.heads, cfg.mlp_ratio, *drops) for _ in range(cfg.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(d, eps=LN_EPS)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, n, d))
 
-        self.diffloss = DiffLoss(
-            self.token_dim, d, cfg.diffloss_d, cfg.diffloss_w, cfg.num_sampling_steps, cfg.diffusion_batch_mul
-        )
+        self.diffloss = self.make_head()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -225,14 +283,6 @@ class MAR(Generator):
                 nn.init.zeros_(m.bias)
 
     # -- tokens -------------------------------------------------------------------------------------
-
-    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q) as upstream."""
-        return patchify(latents, self.cfg.patch_size)
-
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, T) -> (B, C, H, W)."""
-        return unpatchify_cpq(tokens, self.cfg.patch_size, self.grid[0])
 
     def class_embedding(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels (B,) -> (B, D); the null label `num_classes` maps to `fake_latent`."""
@@ -314,11 +364,10 @@ class MAR(Generator):
         cfg = cfg_scale
         device = self.fake_latent.device
         num_iter = int(steps or self.cfg.num_iter)
-        temperature = self.cfg.temperature if temperature is None else temperature
-        schedule = cfg_schedule or self.cfg.cfg_schedule
+        labels, null, temperature, schedule = self.sampling_setup(
+            n, labels, device, temperature, cfg_schedule
+        )
         length = self.seq_len
-        null = torch.full((n,), self.null_label, dtype=torch.long, device=device)
-        labels = null if labels is None else labels.to(device)
         guided = cfg != 1.0
         all_labels = torch.cat([labels, null]) if guided else labels  # (n or 2n,)
 
@@ -358,15 +407,19 @@ class MAR(Generator):
 # Presets and registration
 # ---------------------------------------------------------------------------------------------------
 
+
+def _sized(suffix: str, **fields: int) -> dict:
+    """MARConfig fields of a preset suffix's MAR_SIZES row (that depth for encoder and decoder), + fields."""
+    width, depth, heads = MAR_SIZES[SIZE_SUFFIXES[suffix]]
+    return {"width": width, "encoder_depth": depth, "decoder_depth": depth, "heads": heads, **fields}
+
+
 PRESETS: dict[str, dict] = {
-    "mar_tiny": {"width": 64, "encoder_depth": 2, "decoder_depth": 2, "heads": 2, "buffer_size": 4,
-                 "diffloss_d": 2, "diffloss_w": 64},
-    "mar_b": {},  # 768 / 12 + 12 / 12, head d6 w1024 (800-epoch release; the 100-epoch recipe uses d3)
-    "mar_l": {"width": 1024, "encoder_depth": 16, "decoder_depth": 16, "heads": 16,
-              "diffloss_d": 8, "diffloss_w": 1280},
-    "mar_h": {"width": 1280, "encoder_depth": 20, "decoder_depth": 20, "heads": 16,
-              "diffloss_d": 12, "diffloss_w": 1536},
-}  # fmt: skip
+    "mar_tiny": _sized("tiny", buffer_size=4, diffloss_d=2, diffloss_w=64),
+    "mar_b": _sized("b"),  # 768 / 12 + 12 / 12, head d6 w1024 (800-epoch release; 100-epoch recipe: d3)
+    "mar_l": _sized("l", diffloss_d=8, diffloss_w=1280),
+    "mar_h": _sized("h", diffloss_d=12, diffloss_w=1536),
+}
 
 
 def mar_config(

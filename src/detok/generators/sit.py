@@ -17,9 +17,9 @@ from typing import Literal
 
 import torch
 
-from detok.generators.dit import PRESET_SIZES, BackboneConfig, DiTFamily, DiTNet, ModelFn, make_config
+from detok.generators.dit import BackboneConfig, DiTFamily, DiTNet, ModelFn, register_presets
 from detok.processes.flow import FlowTransport
-from detok.registry import Family, Sampling, register, register_family
+from detok.registry import Family, Sampling, register_family
 
 Sampler = Literal["dopri5", "heun", "euler", "sde"]
 
@@ -83,13 +83,4 @@ register_family(Family(
     "generator", "sit", "SiT: DiT backbone trained by flow matching (velocity), ODE sampling",
     recipe="quickstart_sit", sampling=SiT.sampling, config=SiTConfig, paper="arXiv 2401.08740",
 ))
-
-
-def _register_sit(suffix: str, size: str) -> None:
-    @register("generator", f"sit_{suffix}", family="sit")
-    def build(latent_shape: tuple[int, int, int] = (16, 16, 16), num_classes: int = 1000, **overrides) -> SiT:
-        return SiT(make_config(SiTConfig, size, latent_shape, num_classes, overrides))
-
-
-for _suffix, _size in PRESET_SIZES.items():
-    _register_sit(_suffix, _size)
+register_presets("sit", SiT, SiTConfig)

@@ -31,6 +31,17 @@ MAR_SIZES: dict[str, Size] = {
     "huge": (1280, 20, 16),
 }
 
+# preset-name suffix -> size name, as in dit_b, detok_bl, mar_h; each family registers the suffixes it has
+SIZE_SUFFIXES: dict[str, str] = {
+    "tiny": "tiny",
+    "mini": "mini",
+    "s": "small",
+    "b": "base",
+    "l": "large",
+    "xl": "xl",
+    "h": "huge",
+}
+
 
 def size_of(name: str, table: dict[str, Size] = SIZES) -> Size:
     """(width, depth, heads) of a named size of `table`; a ValueError lists the known names."""

@@ -22,20 +22,13 @@ from einops import rearrange
 from torch import nn
 
 from detok.nn.rope import RopeLayout, rope_table
+from detok.nn.sizes import SIZE_SUFFIXES, SIZES, size_of
 from detok.nn.transformer import RMS_EPS, Block, init_vit_weights
 from detok.registry import Family, register, register_family
 from detok.tokenizers.base import DiagonalGaussian, Tokenizer
 
-# width, depth, heads (upstream SIZE_DICT, plus CPU-sized tiny / mini)
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 2),
-    "mini": (128, 4, 2),
-    "small": (512, 8, 8),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "xl": (1152, 28, 16),
-    "huge": (1280, 32, 16),
-}
+# Encoder / decoder sizes are the rows of detok.nn.sizes.SIZES (upstream SIZE_DICT plus CPU-sized tiny / mini);
+# `SIZES` stays importable from here (detok.tokenizers.upstream, runs.convert).
 
 
 @dataclass
@@ -65,23 +58,23 @@ class DetokConfig:
     )
 
 
-def _check_size(name: str) -> tuple[int, int, int]:
-    if name not in SIZES:
-        raise ValueError(f"unknown size {name!r}; choose one of {', '.join(SIZES)}")
-    return SIZES[name]
-
-
 class _ViT(nn.Module):
-    """Shared trunk: learnable positions, RMSNorm, blocks with 2-D RoPE, RMSNorm."""
+    """Shared trunk: learnable positions, RMSNorm, blocks with 2-D RoPE, RMSNorm.
 
-    def __init__(self, width: int, depth: int, heads: int, grid: int, mlp_ratio: float, layout: RopeLayout):
+    Built at the named `size` of `SIZES`, with `heads` attention heads (0: the size's own count).
+    """
+
+    def __init__(self, cfg: DetokConfig, size: str, heads: int = 0) -> None:
         super().__init__()
-        self.grid, self.heads = grid, heads
+        width, depth, size_heads = size_of(size)
+        heads = heads or size_heads
+        grid = cfg.image_size // cfg.patch_size
+        self.width, self.grid, self.heads = width, grid, heads
         self.positional_embedding = nn.Parameter(width**-0.5 * torch.randn(1, grid * grid, width))
         self.ln_pre = nn.RMSNorm(width, eps=RMS_EPS)
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, cfg.mlp_ratio) for _ in range(depth))
         self.ln_post = nn.RMSNorm(width, eps=RMS_EPS)
-        self.set_rope_layout(layout)
+        self.set_rope_layout(cfg.rope_layout)
 
     def set_rope_layout(self, layout: RopeLayout) -> None:
         """(Re)build the RoPE tables; they are derived, so not saved in checkpoints."""
@@ -103,14 +96,12 @@ class _ViT(nn.Module):
         return self.ln_post(x)
 
 
-class Encoder(_ViT):
+class DetokEncoder(_ViT):
     """Patchify, add positions, keep visible tokens, transformer, project to posterior moments (2C)."""
 
     def __init__(self, cfg: DetokConfig) -> None:
-        width, depth, heads = _check_size(cfg.encoder_size)
-        heads = cfg.encoder_heads or heads
-        grid = cfg.image_size // cfg.patch_size
-        super().__init__(width, depth, heads, grid, cfg.mlp_ratio, cfg.rope_layout)
+        super().__init__(cfg, cfg.encoder_size, cfg.encoder_heads)
+        width = self.width
         self.patch_embed = nn.Conv2d(3, width, cfg.patch_size, stride=cfg.patch_size)
         self.latent_head = nn.Linear(width, 2 * cfg.latent_dim)
 
@@ -124,14 +115,12 @@ class Encoder(_ViT):
         return self.latent_head(self.run(x, keep_idx, attn_mask))  # (B, L, 2C)
 
 
-class Decoder(_ViT):
+class DetokDecoder(_ViT):
     """Embed latents, fill masked positions with a mask token, transformer, unpatchify, 3x3 conv."""
 
     def __init__(self, cfg: DetokConfig) -> None:
-        width, depth, heads = _check_size(cfg.decoder_size)
-        heads = cfg.decoder_heads or heads
-        grid = cfg.image_size // cfg.patch_size
-        super().__init__(width, depth, heads, grid, cfg.mlp_ratio, cfg.rope_layout)
+        super().__init__(cfg, cfg.decoder_size, cfg.decoder_heads)
+        width = self.width
         self.patch = cfg.patch_size
         self.decoder_embed = nn.Linear(cfg.latent_dim, width)
         self.mask_token = nn.Parameter(width**-0.5 * torch.randn(1, 1, width))
@@ -171,8 +160,8 @@ class DeTok(Tokenizer):
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         super().__init__(cfg.latent_dim, cfg.image_size // cfg.patch_size)
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = DetokEncoder(cfg)
+        self.decoder = DetokDecoder(cfg)
         for part in (self.encoder, self.decoder):
             init_vit_weights(part)
 
@@ -263,9 +252,8 @@ class DeTok(Tokenizer):
 
 
 # preset name -> DetokConfig fields (upstream detok_{SS,SB,...,XLXL}, plus CPU-sized tiny / mini)
-_LETTER = {"s": "small", "b": "base", "l": "large", "xl": "xl"}
 PRESETS: dict[str, dict] = {
-    f"detok_{e}{d}": {"encoder_size": _LETTER[e], "decoder_size": _LETTER[d]}
+    f"detok_{e}{d}": {"encoder_size": SIZE_SUFFIXES[e], "decoder_size": SIZE_SUFFIXES[d]}
     for e, d in [("s", "s"), ("s", "b"), ("b", "s"), ("b", "b"), ("b", "l"), ("l", "b"), ("l", "l"), ("xl", "xl")]
 }
 PRESETS["detok_tiny"] = {"encoder_size": "tiny", "decoder_size": "tiny", "image_size": 32, "patch_size": 8}
