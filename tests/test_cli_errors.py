@@ -172,3 +172,62 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(small_disk, tmp_path):
     done = detok(*TOK, "--out", str(moved), "--resume", "train.keep_checkpoints=0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (moved / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+
+
+def _state(run: Path) -> dict:
+    """Everything a resume must reproduce: weights, EMA, optimizer states, every rank's RNG."""
+    from detok.io import Checkpoint
+
+    ck = Checkpoint(run)
+    st = ck.training_state()
+    return {"step": ck.step, "weights": ck.weights, "ema": ck.ema, "optimizers": st["optimizers"],
+            "rng": st["rank_rng"]}
+
+
+def _equal(a, b) -> bool:
+    import torch
+
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.slow
+def test_kill_9_inside_the_checkpoint_write_then_resume_is_exact(tmp_path):
+    """SIGKILL while a checkpoint's temporary folder exists (polled), then --resume: the final state equals an
+    uninterrupted run's, RNG included; `latest` never points at a half-written checkpoint."""
+    import signal
+    import time
+
+    args = [*TOK, "train.max_steps=6", "train.ckpt_every=2", "train.keep_checkpoints=0"]
+    assert detok(*args, "--out", str(tmp_path / "full")).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    caught = None
+    for attempt in range(5):
+        run = tmp_path / f"killed{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "detok.cli.main", *args, "--out", str(run)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            tmp = list((run / "checkpoints").glob(".tmp-step-*")) if (run / "checkpoints").is_dir() else []
+            if tmp and not tmp[0].name.endswith("00000006"):  # inside a write that is not the last one
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                caught = (run, tmp[0].name)
+                break
+            time.sleep(0.0005)
+        if caught:
+            break
+        proc.wait()
+    assert caught, "never saw a checkpoint being written in 5 runs"
+    run, tmp_name = caught
+    latest = run / "checkpoints" / "latest"
+    if latest.exists():  # the previous complete checkpoint, never the one being written
+        assert latest.read_text().strip() != tmp_name.replace(".tmp-", "")
+        assert (run / "checkpoints" / latest.read_text().strip() / "weights.safetensors").is_file()
+    out = detok(*args, "--out", str(run), "--resume")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert _equal(_state(run), _state(tmp_path / "full"))
