@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 import torch
@@ -12,6 +14,8 @@ from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache
+
+log = logging.getLogger(__name__)
 
 
 class _DiscriminatorPair(nn.Module):
@@ -37,6 +41,7 @@ class TokenizerTask(Task):
         self.hflip = hflip
         self.forward_model: nn.Module = model
         self.forward_disc: nn.Module = _DiscriminatorPair(loss.discriminator)
+        self._warned = False
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "disc": self.loss.discriminator}
@@ -46,6 +51,19 @@ class TokenizerTask(Task):
             "ae": list(self.model.named_parameters()),
             "disc": [("disc." + n, p) for n, p in self.loss.discriminator.named_parameters()],
         }
+
+    def _check_inflation(self, mean_std: float, step: int) -> None:
+        """Warn once when the latents outgrow the noise scale gamma: the noise then corrupts them less than the
+        recipe intends (gamma assumes latents of about unit scale)."""
+        gamma, limit = float(self.model.cfg.gamma), self.loss.cfg.inflation_warn
+        if self._warned or limit <= 0 or gamma <= 0 or self.model.cfg.noise == "none" or mean_std <= limit * gamma:
+            return
+        self._warned = True
+        warnings.warn(f"step {step}: the encoder's posterior means have std {mean_std:.3g} > {limit:g} x gamma "
+                      f"({gamma:g}): the latent noise corrupts them less than intended (consider "
+                      "loss.kl_scale=latent_size or a larger kl_weight)", RuntimeWarning, stacklevel=2)
+        log.warning("[detok] latent inflation at step %d: posterior-mean std %.3g > %g x gamma %g", step, mean_std,
+                    limit, gamma)
 
     def setup(self, info, wrap) -> None:
         self.loss.to(info.device)
@@ -65,6 +83,9 @@ class TokenizerTask(Task):
         logs = {k: v.detach() for k, v in out.items()}
         logs["mask_ratio"] = corruption.mask_ratio.mean()
         logs["tau"] = corruption.tau.mean()
+        if corruption.mean_std is not None:
+            logs["latent_mean_std"] = corruption.mean_std
+            self._check_inflation(float(corruption.mean_std), step)
         if gan:
             real, fake = self.forward_disc(x, recon.detach())
             d_loss = hinge_d_loss(real, fake)

@@ -44,6 +44,13 @@ class TokenizerLossConfig:
     recon: Literal["l2", "l1", "l2+l1"] = _help("pixel loss in [0, 1] space; l2+l1 averages both", "l2")
     recon_weight: float = _help("weight of the pixel loss", 1.0)
     kl_weight: float = _help("weight of the KL term (paper 1e-6)", 1e-6)
+    kl_scale: Literal["sum", "latent_size"] = _help(
+        "sum: kl_weight on the KL summed over latent numbers (paper); latent_size: kl_weight means the same "
+        "per-number pressure at any latent size (x kl_reference_numel / latent numbers)", "sum")
+    kl_reference_numel: int = _help("latent numbers at which latent_size scaling is 1 (paper 16x16x16)", 4096)
+    inflation_warn: float = _help(
+        "warn when the posterior means' std exceeds this x gamma (the encoder escaping the latent noise); 0 off",
+        1.0)
     perceptual_weight: float = _help(
         "weight of P (paper/upstream 1.0, decoder FT 0.1); 0 builds no nets", 1.0
     )
@@ -63,8 +70,14 @@ class TokenizerLossConfig:
 class TokenizerLoss(nn.Module):
     """Generator and discriminator losses of l-DeTok; only `discriminator` has trainable parameters."""
 
-    def __init__(self, cfg: TokenizerLossConfig, rng: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: TokenizerLossConfig, rng: torch.Generator | None = None,
+                 latent_numel: int | None = None) -> None:
         super().__init__()
+        if cfg.kl_scale == "latent_size" and not latent_numel:
+            raise ValueError("kl_scale=latent_size needs the latent size (numbers per image)")
+        # the KL weight in effect: the paper's rule (sum) or rescaled to mean the same at any latent size
+        self.kl_weight = cfg.kl_weight * (cfg.kl_reference_numel / latent_numel if cfg.kl_scale == "latent_size"
+                                          else 1.0)
         if cfg.recon not in RECON_KINDS:
             raise ValueError(f"recon must be one of {RECON_KINDS}, got {cfg.recon!r}")
         for name in WEIGHT_FIELDS:
@@ -118,7 +131,7 @@ class TokenizerLoss(nn.Module):
             gan = x.new_zeros(())
             if gan_active and cfg.disc_weight > 0:
                 gan = hinge_g_loss(self._fake_logits_frozen(xr))
-            total = cfg.recon_weight * rec + cfg.perceptual_weight * perc + cfg.kl_weight * kl_t
+            total = cfg.recon_weight * rec + cfg.perceptual_weight * perc + self.kl_weight * kl_t
             if gan_active:
                 total = total + cfg.disc_weight * gan
             psnr = -10.0 * torch.log10(mse.detach().clamp_min(PSNR_MIN_MSE))

@@ -7,6 +7,7 @@ returns the summary dict the CLI prints.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
         model.load_state_dict(load_tokenizer(cfg.init_from).state_dict())
     if cfg.decoder_only:
         model.freeze_encoder()
-    loss = TokenizerLoss(cfg.loss, rng=torch.Generator().manual_seed(cfg.train.seed + 1))
+    loss = TokenizerLoss(cfg.loss, rng=torch.Generator().manual_seed(cfg.train.seed + 1),
+                         latent_numel=math.prod(model.latent_shape))
     data_cfg = cfg.data
     data_cfg.image_size = cfg.tokenizer.image_size
     train_set = build_dataset(data_cfg, "train")
@@ -99,6 +101,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
         save_yaml(cfg, run_dir / "config.yaml")
     summary = trainer.fit(train_set, resume=resume)
     summary["run_dir"] = str(run_dir)
+    summary["kl_weight_effective"] = loss.kl_weight
     if trainer.info.is_main and recon_images:
         tok = load_tokenizer(run_dir)
         val = build_dataset(data_cfg, "val")

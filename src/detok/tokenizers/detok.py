@@ -150,6 +150,7 @@ class Corruption:
     mask: torch.Tensor | None  # (B, N) bool, True = dropped; None = no masking
     mask_ratio: torch.Tensor  # (B,) drawn ratios m
     tau: torch.Tensor  # (B,) noise levels (zeros when noise is off)
+    mean_std: torch.Tensor | None = None  # () std of the posterior means over the batch (the latents' scale)
 
 
 class DeTok(Tokenizer):
@@ -220,7 +221,7 @@ class DeTok(Tokenizer):
             tau = self.draw_tau(b, dev, rng)
             z = self.add_noise(z, tau, rng)
         recon = self.decoder(z, keep_idx, mask)
-        return recon, kl, Corruption(mask, ratio, tau)
+        return recon, kl, Corruption(mask, ratio, tau, post.mean.detach().float().std())
 
     @staticmethod
     def _kl(post: DiagonalGaussian, attn_mask: torch.Tensor | None) -> torch.Tensor:
