@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -82,16 +83,43 @@ def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
         tmp.replace(path)
 
 
+STAGE_FILE = "ablation_stage.json"  # what produced a cached stage; a rerun asking for anything else is refused
+
+
+class StageMismatch(ValueError):
+    """A cached stage (tokenizer, its metrics, a generator cell) was produced by other settings."""
+
+
+def check_stage(folder: Path, key: dict) -> None:
+    """Record `key` (the full settings of the stage cached in `folder`) or refuse when it differs from the recorded one.
+
+    A folder without a record (written before records existed) gets this one: its settings cannot be checked."""
+    path = folder / STAGE_FILE
+    key = json.loads(json.dumps(key, default=str))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != key:
+            diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+            shown = "; ".join(f"{k}: cached {old.get(k)!r}, asked {key.get(k)!r}" for k in diff[:4])
+            raise StageMismatch(f"{folder} was produced with other settings ({shown}); use another --out or remove it")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, indent=2, sort_keys=True))
+
+
 def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int,
                     latent_dim: int, image_size: int) -> dict:
     """Train (or resume, or skip when finished) one tokenizer variant; its summary."""
     from detok.runs.config import tokenizer_config
     from detok.runs.train import train_tokenizer as train
 
+    noise, gamma, mask = spec
+    check_stage(run, {"stage": "tokenizer", "data": data, "preset": PRESETS[data], "variant": name, "noise": noise,
+                      "gamma": gamma, "mask_ratio": mask, "seed": seed, "steps": steps, "latent_dim": latent_dim,
+                      "image_size": image_size, "warmup_epochs": WARMUP[data]})
     done = run / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
-    noise, gamma, mask = spec
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
                  f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
                  f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}"]
@@ -109,6 +137,7 @@ def tokenizer_metrics(run: Path, ecfg) -> dict:
     from detok.tokenizers.load import load_tokenizer
 
     path = run / "metrics.json"
+    check_stage(run / "metrics_stage", {"stage": "tokenizer metrics", "eval": vars(ecfg)})
     if path.is_file() and "reconstruction" in json.loads(path.read_text()):
         return json.loads(path.read_text())["reconstruction"]
     tok = load_tokenizer(run)
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="pixels per side (patch 4: a 4x4 latent grid at 16 px, 8x8 at the recipes' 32 px)")
     p.add_argument("--latent-dim", type=int, default=4, help="latent channels: 4x4x4 = 12x fewer numbers than 16x16x3")
     p.add_argument("--tok-steps", type=int, default=DEFAULT_TOK_STEPS, help="tokenizer steps (0 = the recipe's 500)")
-    p.add_argument("--gen-steps", type=int, default=300, help="steps of every generator")
+    p.add_argument("--gen-steps", type=int, default=None, help="steps of every generator (default 300; --quick: 2)")
     p.add_argument("--stats-of", default="sample", choices=["mean", "sample"],
                    help="normalise latents by statistics of posterior samples (default) or means (upstream)")
     p.add_argument("--cache-images", type=int, default=10000, help="train images encoded for the generators")
@@ -200,10 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
              *args.eval_overrides]
     if args.quick:
-        args.tok_steps, args.gen_steps = 3, 2
+        args.tok_steps, args.gen_steps = 3, 2 if args.gen_steps is None else args.gen_steps
         evals += ["n_search=64", "n_final=64", "cfg_scales=[1.0,2.0]", "recon_images=64", "domain_steps=20",
                   "batch_size=64"]
         args.results = str(out / "ablation.json")
+    args.gen_steps = 300 if args.gen_steps is None else args.gen_steps
     ecfg = resolve_config(EvalConfig, ["eval_small"], evals)
     if args.robustness:
         fill_robustness(Path(args.results), out, ecfg)
@@ -232,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
                                     progress=False, of=args.stats_of))
         bench = BenchConfig(generators=gens, steps=args.gen_steps, seed=seed, eval=ecfg, cache_images=args.cache_images,
                             overrides=["train.progress=false", "sample.per_class=4"])
+        for g in gens:  # every cell's settings checked before its latents are (re)used
+            check_stage(out / data / "bench" / row_name / g,
+                        {"stage": "generator cell", "generator": g, "steps": bench.steps, "seed": bench.seed,
+                         "cache_images": bench.cache_images, "overrides": bench.overrides, "eval": vars(ecfg),
+                         "stats_of": args.stats_of, "stats_images": STATS_IMAGES})
         cache = prepare_latents(tok, str(run), data_cfg, out / data / "bench" / row_name, torch.device("cpu"),
                                 progress=False, max_images=bench.cache_images)
         cells = {}
@@ -255,4 +290,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StageMismatch as e:  # one line, nothing overwritten
+        print(f"ablation.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

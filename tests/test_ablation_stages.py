@@ -1,0 +1,48 @@
+"""The ablation driver's caches are keyed by the settings that produced them: a rerun into the same folder with
+other settings is refused (one line, exit 2) instead of reporting old rows under new settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import ablation  # noqa: E402
+
+
+def test_check_stage_records_then_refuses_other_settings(tmp_path):
+    ablation.check_stage(tmp_path / "s", {"latent_dim": 4, "steps": 3})
+    ablation.check_stage(tmp_path / "s", {"steps": 3, "latent_dim": 4})  # the same settings: reused
+    with pytest.raises(ablation.StageMismatch, match=r"latent_dim: cached 4, asked 8"):
+        ablation.check_stage(tmp_path / "s", {"latent_dim": 8, "steps": 3})
+    assert json.loads((tmp_path / "s" / ablation.STAGE_FILE).read_text()) == {"latent_dim": 4, "steps": 3}
+
+
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / "ablation.py"), "--quick", "--threads", "1", "--out", str(out), "--data", "",
+           "--extra", "shapes:baseline:0", "--generators", "sit", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETOK_CACHE": str(out / "cache")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "abl"
+    first = _run(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    again = _run(out)  # the same settings: every stage reused, the same row
+    assert again.returncode == 0 and json.loads((out / "ablation.json").read_text())["rows"] == rows
+    for flag, value, key in (("--latent-dim", "8", "latent_dim"), ("--image-size", "32", "image_size"),
+                             ("--gen-steps", "5", "steps")):
+        bad = _run(out, flag, value)
+        lines = [ln for ln in bad.stderr.splitlines() if ln.startswith("ablation.py:")]
+        assert bad.returncode == 2 and len(lines) == 1 and key in lines[0], bad.stderr[-2000:]
+    assert json.loads((out / "ablation.json").read_text())["rows"] == rows  # nothing reported under new settings
