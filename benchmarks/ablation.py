@@ -193,7 +193,7 @@ def fill_robustness(results: Path, out: Path, ecfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from detok.cli.common import resolve_config
+    from detok.config import resolve
     from detok.data import build_dataset, collate
     from detok.eval.protocol import EvalConfig, tokenizer_data_config
     from detok.eval.table import write_table
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                   "batch_size=64"]
         args.results = str(out / "ablation.json")
     args.gen_steps = 300 if args.gen_steps is None else args.gen_steps
-    ecfg = resolve_config(EvalConfig, ["eval_small"], evals)
+    ecfg = resolve(EvalConfig, ["eval_small"], evals)
     if args.robustness:
         fill_robustness(Path(args.results), out, ecfg)
         return

@@ -8,7 +8,7 @@ import logging
 import textwrap
 from typing import Any
 
-from detok.config import field_help, resolve
+from detok.config import field_help
 
 
 def add_config_args(parser: argparse.ArgumentParser, defaults: Any, example: str = "train.epochs=10") -> None:
@@ -53,11 +53,6 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
     return "required"
-
-
-def resolve_config(cls: type, presets: list[str], overrides: list[str]):
-    """Dataclass `cls` from presets then overrides; bad keys raise ConfigError naming the key."""
-    return resolve(cls, presets, overrides)
 
 
 def setup_logging() -> None:

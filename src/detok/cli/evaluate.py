@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from detok.cli.common import add_config_args, print_summary, resolve_config
+from detok.cli.common import add_config_args, print_summary
 
 
 def add_parser(sub) -> None:
@@ -29,10 +29,11 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok import dist
+    from detok.config import resolve
     from detok.eval.protocol import EvalConfig
     from detok.runs.evaluate import evaluate
 
-    ecfg = resolve_config(EvalConfig, args.config, args.overrides)
+    ecfg = resolve(EvalConfig, args.config, args.overrides)
     if args.ref_stats:
         ecfg.ref_stats = args.ref_stats
     summary = evaluate(args.run, ecfg, data=args.data, root=args.root, split=args.split, out=args.out,

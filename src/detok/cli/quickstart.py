@@ -32,9 +32,8 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok.runs.quickstart import quickstart
 
-    gens = args.generators if isinstance(args.generators, list) else _families(args.generators)
     summary = quickstart(args.data, args.out, steps=args.steps, generator_steps=args.generator_steps,
-                         generators=gens, cache_images=args.cache_images, eval_samples=args.eval_samples,
+                         generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
                          overrides=args.overrides)
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
     return summary

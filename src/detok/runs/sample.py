@@ -44,7 +44,6 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path
         rows.append(row)
     grid = make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=1.0)  # (3, R*(h+2)+2, K*(w+2)+2)
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
-    label_w = 0
     texts = [names[c] if names and 0 <= c < len(names) else f"class {c}" for c in classes]
     label_w = 8 + 6 * max(len(s) for s in texts)
     canvas = Image.new("RGB", (pixels.shape[1] + label_w, pixels.shape[0]), "white")
