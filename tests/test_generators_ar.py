@@ -235,6 +235,29 @@ def test_diffloss_cfg_one_is_conditional():
     assert head.sample(z[:0], steps=10).shape == (0, 4)
 
 
+@pytest.mark.parametrize("chunk_elements", [1 << 23, 200])  # all steps in one product / a few steps per chunk
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_diffloss_precomputed_modulations_equal_the_plain_head(monkeypatch, chunk_elements, cfg):
+    """The sampler's speed trick (every adaLN output of every step computed before the loop, in chunks)
+    gives the samples of the straightforward head that recomputes everything at every step."""
+    import detok.generators.diffloss as diffloss
+
+    monkeypatch.setattr(diffloss, "PRECOMPUTE_ELEMENTS", chunk_elements)  # the chunk size, not the head
+    head = DiffLoss(channels=4, cond_channels=8, depth=2, width=16)
+    perturb(head)
+    z, z_null = torch.randn(3, 8, generator=gen(0)), torch.randn(3, 8, generator=gen(1))
+    kw = {"z_uncond": z_null, "cfg_scale": cfg} if cfg != 1.0 else {}
+    fast = head.sample(z, steps=25, rng=gen(2), **kw)
+    plain = head.sample_plain(z, steps=25, rng=gen(2), **kw)
+    assert fast.abs().max() > 1.0  # a real trajectory, not zeros
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # and the network's forward equals its modulated form at any (x, t, z)
+    x, t = torch.randn(5, 4, generator=gen(3)), torch.tensor([0, 3, 99, 500, 999])
+    c = torch.randn(5, 8, generator=gen(4))
+    y = head.net.time_embed(t) + head.net.cond_embed(c)
+    torch.testing.assert_close(head.net(x, t, c), head.net.denoise_modulated(x, head.net.modulations(y)))
+
+
 # -- sizes -------------------------------------------------------------------------------------------
 
 

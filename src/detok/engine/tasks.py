@@ -30,6 +30,9 @@ class _DiscriminatorPair(nn.Module):
             return self.disc(real.float()), self.disc(fake.float())
 
 
+INFLATION_CHECK_EVERY = 25  # steps between latent-inflation checks (TokenizerTask._check_inflation)
+
+
 class TokenizerTask(Task):
     """l-DeTok training: corrupted reconstruction + perceptual + KL (+ GAN from `disc_start_step`)."""
 
@@ -85,7 +88,9 @@ class TokenizerTask(Task):
         logs["tau"] = corruption.tau.mean()
         if corruption.mean_std is not None:
             logs["latent_mean_std"] = corruption.mean_std
-            self._check_inflation(float(corruption.mean_std), step)
+            # every INFLATION_CHECK_EVERY steps: float() is a host sync on GPUs (and impossible on meta)
+            if step % INFLATION_CHECK_EVERY == 0 and not corruption.mean_std.is_meta:
+                self._check_inflation(float(corruption.mean_std), step)
         if gan:
             real, fake = self.forward_disc(x, recon.detach())
             d_loss = hinge_d_loss(real, fake)

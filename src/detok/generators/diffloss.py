@@ -10,12 +10,16 @@ Axis letters: M tokens flattened over the batch, C token channels, W head width,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detok.nn.dit_blocks import LN_EPS, FinalLayer, TimestepEmbedder, modulate
 from detok.nn.linear import Linear
 from detok.nn.random import randn
 from detok.processes.gaussian import GaussianDiffusion
+
+
+PRECOMPUTE_ELEMENTS = 1 << 23  # adaLN outputs kept at once while sampling (32 MB of float32)
 
 
 class ResBlock(nn.Module):
@@ -28,7 +32,11 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)  # 3 x (M, W)
+        return self.modulated(x, self.adaLN_modulation(y))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The block given its adaLN output mod = adaLN_modulation(y) (M, 3W) instead of y."""
+        shift, scale, gate = mod.chunk(3, dim=-1)  # 3 x (M, W)
         return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
 
 
@@ -66,10 +74,27 @@ class DiffLossMLP(nn.Module):
 
     def denoise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (M, C) noisy tokens, y (M, W) summed time + condition embeddings -> (M, 2C)."""
+        return self.denoise_modulated(x, self.modulations(y))
+
+    def modulations(self, y: torch.Tensor) -> torch.Tensor:
+        """Every adaLN output for conditions y (..., W) -> (..., MOD) = [block 1 (3W) | ... | final (2W)].
+
+        They depend on (t, z) only, not on x: a sampler runs them for all its steps in one product.
+        """
+        layers = [b.adaLN_modulation for b in self.res_blocks] + [self.final_layer.adaLN_modulation]
+        act = F.silu(y)  # every adaLN starts with SiLU, then its Linear
+        return torch.cat([m[1](act) for m in layers], dim=-1)  # (..., MOD)
+
+    def denoise_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        """`denoise` with its adaLN outputs mods (M, MOD) from `modulations` given."""
+        width = self.input_proj.out_features
+        parts = mods.split([3 * width] * len(self.res_blocks) + [2 * width], dim=-1)
         h = self.input_proj(x)  # (M, W)
-        for block in self.res_blocks:
-            h = block(h, y)
-        return self.final_layer(h, y)
+        for block, mod in zip(self.res_blocks, parts):
+            h = block.modulated(h, mod)
+        fl = self.final_layer
+        shift, scale = parts[-1].chunk(2, dim=-1)  # 2 x (M, W)
+        return fl.linear(modulate(fl.norm_final(h), shift, scale))  # (M, 2C)
 
 
 class DiffLoss(nn.Module):
@@ -146,25 +171,76 @@ class DiffLoss(nn.Module):
         noise = randn((m, self.channels), device=z.device, dtype=z.dtype, rng=rng)
         if m == 0:
             return noise
-        # The condition embedding is fixed over the loop and t is one step for every row, so both are
-        # embedded once (per loop / per step) instead of once per row and step.
+        sampler = self.sampler(steps)
         net = self.net
+        # Everything but x is known before the loop: the condition embedding (fixed), the time embedding of
+        # each step (one t for every row) and so every adaLN output (t, z) -> shift / scale / gate, which is
+        # most of the head's weights. They are computed for a chunk of steps in one product (a few large
+        # matmuls instead of one weight read per step), leaving only the x path in the loop.
+        cond_emb = net.cond_embed(z if z_uncond is None else torch.cat([z, z_uncond]))  # (M', W)
+        ts = sampler.timestep_map.to(z.device)  # (T,) the network's step index of loop index i
+        rows, n_steps = cond_emb.shape[0], ts.shape[0]
+        mod_dim = net.final_layer.adaLN_modulation[1].out_features + sum(
+            b.adaLN_modulation[1].out_features for b in net.res_blocks
+        )
+        chunk = max(1, min(n_steps, PRECOMPUTE_ELEMENTS // max(1, rows * mod_dim)))
+        cache: dict[int, torch.Tensor] = {}  # first loop index of a chunk -> (k, M', MOD)
+        state = {"i": n_steps}  # p_sample_loop calls the model once per step, i = T-1 down to 0
+
+        def mods_at(i: int) -> torch.Tensor:
+            lo = (i // chunk) * chunk
+            if lo not in cache:
+                cache.clear()
+                temb = net.time_embed(ts[lo : lo + chunk])  # (k, W)
+                cache[lo] = net.modulations(temb[:, None] + cond_emb[None])  # (k, M', MOD)
+            return cache[lo][i - lo]  # (M', MOD)
+
+        def mods_for(t: torch.Tensor) -> torch.Tensor:
+            state["i"] -= 1
+            return mods_at(state["i"])
+
         if z_uncond is None:
-            cond_emb = net.cond_embed(z)  # (M, W)
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return net.denoise(x, net.time_embed(t[:1]) + cond_emb)
+                return net.denoise_modulated(x, mods_for(t))
 
         else:
-            cond_emb = net.cond_embed(torch.cat([z, z_uncond]))  # (2M, W)
             c = self.channels
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                out = net.denoise(torch.cat([x, x]), net.time_embed(t[:1]) + cond_emb)  # (2M, 2C)
+                out = net.denoise_modulated(torch.cat([x, x]), mods_for(t))  # (2M, 2C)
                 cond, uncond = out.chunk(2)  # (M, 2C) each
                 eps = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])
                 return torch.cat([eps, cond[:, c:]], dim=1)
 
-        return self.sampler(steps).p_sample_loop(
-            model_fn, noise, rng=rng, temperature=temperature
-        )
+        return sampler.p_sample_loop(model_fn, noise, rng=rng, temperature=temperature)
+
+    @torch.no_grad()
+    def sample_plain(
+        self,
+        z: torch.Tensor,
+        z_uncond: torch.Tensor | None = None,
+        *,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        steps: str | int | None = None,
+        rng: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """`sample` computed the straightforward way (the whole head at every step, as upstream): the
+        reference that the precomputed path equals, and the no-cache baseline of the benchmarks."""
+        m = z.shape[0]
+        noise = randn((m, self.channels), device=z.device, dtype=z.dtype, rng=rng)
+        if m == 0:
+            return noise
+        zz = z if z_uncond is None else torch.cat([z, z_uncond])  # (M', Z)
+        c = self.channels
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            xx = x if z_uncond is None else torch.cat([x, x])  # (M', C)
+            out = self.net(xx, t[:1].expand(xx.shape[0]), zz)  # (M', 2C)
+            if z_uncond is None:
+                return out
+            cond, uncond = out.chunk(2)  # (M, 2C) each
+            return torch.cat([uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], dim=1)
+
+        return self.sampler(steps).p_sample_loop(model_fn, noise, rng=rng, temperature=temperature)

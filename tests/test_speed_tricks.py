@@ -1,0 +1,91 @@
+"""Each speed trick computes what the plain code computes: same weights after N steps, same samples.
+
+The tricks: the fused AdamW kernel (the engine's default) against the single-tensor loop that upstream's
+code runs on CPU, the foreach EMA against the per-tensor formula, and the diffusion head's precomputed
+adaLN outputs (tests/test_generators_ar.py) - for every tiny preset of the registry.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detok.engine.ema import EMA
+from detok.engine.trainer import OptimConfig
+from detok.generators.load import build_generator
+from detok.nn.optim import ADAMW_KERNELS, adamw, split_decay
+from detok.registry import build, tiny_members
+
+STEPS = 4
+LATENT = (4, 4, 4)
+CLASSES = 10
+
+
+def _model_and_loss(kind: str, name: str):
+    """(module, loss(step) -> scalar) for a tiny preset; the loss's randomness is seeded by the step."""
+    torch.manual_seed(0)
+    if kind == "tokenizer":
+        model = build("tokenizer", name).train()
+        size = model.cfg.image_size
+        x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+        def loss(step: int) -> torch.Tensor:
+            recon, kl, _ = model(x, rng=torch.Generator().manual_seed(100 + step))
+            return F.mse_loss(recon, x) + 1e-6 * kl
+
+    else:
+        model = build_generator(name, LATENT, CLASSES).train()
+        z = torch.randn(4, *LATENT, generator=torch.Generator().manual_seed(1))
+        y = torch.arange(4)
+
+        def loss(step: int) -> torch.Tensor:
+            return model.loss(z, y, torch.Generator().manual_seed(100 + step))["loss"]
+
+    return model, loss
+
+
+def _train(kind: str, name: str, kernel: str) -> dict[str, torch.Tensor]:
+    model, loss = _model_and_loss(kind, name)
+    o = OptimConfig()
+    opt = adamw(split_decay(list(model.named_parameters()), 0.05, o.no_decay), 1e-3, o.betas, kernel)
+    for step in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss(step).backward()
+        opt.step()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+PRESETS = [("tokenizer", n) for n in tiny_members("tokenizer")] + [("generator", n) for n in tiny_members("generator")]
+
+
+@pytest.mark.parametrize("kind,name", PRESETS, ids=[n for _, n in PRESETS])
+def test_fused_adamw_equals_the_single_tensor_loop(kind, name):
+    assert OptimConfig().adamw == "fused"  # what the engine runs by default
+    fused, single = _train(kind, name, "fused"), _train(kind, name, "single")
+    start = {n: p.detach() for n, p in _model_and_loss(kind, name)[0].named_parameters()}
+    moved = sum(not torch.equal(start[n], single[n]) for n in single)
+    assert moved > len(single) // 2  # the steps really trained (most tensors changed)
+    for n in single:
+        torch.testing.assert_close(fused[n], single[n], rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
+
+
+def test_adamw_kernel_names_are_checked():
+    with pytest.raises(ValueError, match="unknown AdamW kernel 'fast'"):
+        adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3, (0.9, 0.95), "fast")
+    assert set(ADAMW_KERNELS) == {"fused", "foreach", "single"}
+
+
+def test_foreach_ema_equals_the_formula():
+    model, _ = _model_and_loss("generator", "sit_tiny")
+    ema = EMA(model, 0.9)
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
+        ema.update(model)
+        for n, p in model.named_parameters():
+            expected[n] = 0.9 * expected[n] + 0.1 * p.detach()
+    for n, v in expected.items():
+        torch.testing.assert_close(ema.shadow[n], v, rtol=1e-6, atol=1e-6)
