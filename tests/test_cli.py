@@ -66,6 +66,11 @@ def test_reconstruct_and_encode(tiny_run, tmp_path):
     assert main(["reconstruct", str(tiny_run), "-n", "6", "--out", str(tmp_path / "rec")]) == 0
     rec = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())
     assert rec["n"] == 6 and rec["weights"] == "ema" and Path(rec["grid"]).exists()
+    # the bicubic baseline at the latent's size (tiny: 16 x 4 x 4 = 256 numbers -> 9 x 9 x 3 = 243)
+    assert rec["bicubic"]["latent_values"] == 256 and rec["bicubic"]["side"] == 9 and rec["bicubic"]["n"] == 6
+    from PIL import Image
+
+    assert Image.open(rec["grid"]).size[1] == 3 * 33 + 1  # originals, reconstructions, bicubic rows
 
     cache = tmp_path / "cache"
     assert main(["encode", str(tiny_run), "--out", str(cache), "--num-workers", "0", "--shard-size", "40", "--batch-size", "16"]) == 0

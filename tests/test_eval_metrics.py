@@ -455,3 +455,19 @@ def test_fid_agrees_with_torchmetrics_on_real_images():
         tm.update(fake, real=False)
         expected = float(tm.compute())
     assert value == pytest.approx(expected, rel=0.01)
+
+
+def test_bicubic_baseline_keeps_at_most_the_latents_numbers_and_improves_with_them():
+    import torch
+
+    from detok.eval.recon import bicubic_baseline, bicubic_side, psnr_per_image, to_uint8
+
+    assert [bicubic_side(v) for v in (3, 192, 512, 4096)] == [1, 8, 13, 36]
+    assert bicubic_side(2) == 1  # never an empty image
+    flat = torch.full((2, 3, 32, 32), 0.25)
+    torch.testing.assert_close(bicubic_baseline(flat, 48), flat)  # a constant image survives any size
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 6, 6, generator=g) * 2 - 1, size=32, mode="bilinear")
+    scores = [float(psnr_per_image(to_uint8(bicubic_baseline(smooth, v)), to_uint8(smooth)).mean()) for v in (48, 192, 768)]
+    assert scores[0] < scores[1] < scores[2], scores
+    assert bicubic_baseline(smooth, 192).shape == smooth.shape

@@ -36,4 +36,33 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
                          overrides=args.overrides)
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
+    print(results_table(summary), flush=True)
     return summary
+
+
+def results_table(summary: dict) -> str:
+    """The quickstart's numbers as one table: the tokenizer against bicubic at equal size, each generator."""
+    tok = summary["tokenizer"]
+    bic = tok.get("bicubic", {})
+    shape = "x".join(str(v) for v in tok["latent_shape"])
+    lines = [
+        f"{'stage':<22}{'model':<16}{'steps':>6}{'seconds':>9}  result",
+        "-" * 92,
+        f"{'tokenizer':<22}{tok['model']:<16}{tok['steps']:>6}{tok['seconds']:>9.0f}  PSNR {tok['psnr']:.2f} dB, "
+        f"SSIM {tok['ssim']:.3f} (latent {shape})",
+    ]
+    if bic:
+        side = bic["side"]
+        lines.append(f"{'bicubic baseline':<22}{f'{side}x{side} px':<16}{'-':>6}{'-':>9}  PSNR {bic['psnr']:.2f} dB, "
+                     f"SSIM {bic['ssim']:.3f} ({bic['values']} numbers vs the latent's {bic['latent_values']})")
+    for name, g in summary["generators"].items():
+        res = []
+        if "fid" in g:
+            res.append(f"FID {g['fid']:.1f} ({g['fid_samples']} samples, {g['fid_features']} features)")
+        if "class_accuracy" in g:
+            res.append(f"class accuracy {g['class_accuracy']:.2f}")
+        res.append(f"cfg {g['cfg_scale']:g}")
+        lines.append(f"{name:<22}{g['model']:<16}{g['steps']:>6}{g['seconds']:>9.0f}  " + ", ".join(res))
+    lines.append(f"total {summary['total_seconds'] / 60:.1f} min; grids: "
+                 + ", ".join([tok["reconstructions"], *(g["samples"] for g in summary["generators"].values())]))
+    return "\n".join(lines)

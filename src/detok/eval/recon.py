@@ -3,6 +3,8 @@ Gaussian SSIM over the valid interior, as ssim.m and scikit-image report it)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -91,3 +93,21 @@ class ReconMetrics:
         if n == 0:
             raise ValueError("no images seen")
         return {"psnr": psnr / n, "ssim": ssim / n, "n": int(n)}
+
+
+def bicubic_side(values: int, channels: int = 3) -> int:
+    """The side s of the s x s image with at most `values` numbers (s^2 * channels <= values), >= 1."""
+    return max(1, math.isqrt(values // channels))
+
+
+def bicubic_baseline(images: torch.Tensor, values: int) -> torch.Tensor:
+    """Images (B, C, H, W) in [-1, 1] kept as `values` numbers each: antialiased bicubic down-sampling to
+    the largest square that fits (see `bicubic_side`), then bicubic back up to H x W, clamped to [-1, 1].
+
+    The reference an autoencoder with a latent of `values` numbers should beat: it has the same budget and
+    knows nothing about the data.
+    """
+    side = bicubic_side(values, images.shape[1])
+    small = F.interpolate(images.float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    up = F.interpolate(small, size=images.shape[-2:], mode="bicubic", align_corners=False)  # (B, C, H, W)
+    return up.clamp(-1, 1)

@@ -23,12 +23,13 @@ DATA_PRESETS = {"shapes": "quickstart_shapes", "fashion-mnist": "quickstart_fash
 def quickstart(
     data: str = "shapes", out: str | Path = "runs/quickstart", *, steps: int = 0, generator_steps: int = 0,
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
-    overrides: list[str] | None = None,
+    overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
     Writes OUT/summary.json (returned) with the tokenizer's PSNR / SSIM and each generator's FID in the
-    domain classifier's features (`eval_samples` samples; 0 = no FID).
+    domain classifier's features (`eval_samples` samples; 0 = no FID). `overrides` apply to the tokenizer
+    run, `generator_overrides[family]` to that family's run (`key=value` strings).
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
@@ -56,6 +57,7 @@ def quickstart(
             g_over = [f"tokenizer={tok['run_dir']}", f"cache={cache}", f"train.out_dir={out / name}"]
             if generator_steps:
                 g_over.append(f"train.max_steps={generator_steps}")
+            g_over += list((generator_overrides or {}).get(name, []))
             g_cfg = generator_config(overrides=g_over, family=name)
             res = train_generator(g_cfg)
             results[name] = {
@@ -70,7 +72,8 @@ def quickstart(
     summary = {
         "data": data,
         "tokenizer": {
-            "model": cfg.model, "psnr": rec["psnr"], "ssim": rec["ssim"], "seconds": tok["seconds"],
+            "model": cfg.model, "psnr": rec["psnr"], "ssim": rec["ssim"], "bicubic": rec["bicubic"],
+            "seconds": tok["seconds"],
             "steps": tok["steps"], "img_per_s": tok["img_per_s"],
             "latent_shape": [cfg.tokenizer.latent_dim, grid, grid], "gamma": cfg.tokenizer.gamma,
             "mask_ratio": cfg.tokenizer.mask_ratio, "reconstructions": rec["grid"], "run_dir": tok["run_dir"],

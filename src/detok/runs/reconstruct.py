@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,23 @@ from detok.config import from_dict
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
 from detok.dist import pick_device
-from detok.eval.recon import ReconMetrics
+from detok.eval.recon import ReconMetrics, bicubic_baseline, bicubic_side
 from detok.io import atomic_write, write_json
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.load import load_tokenizer, run_config
 
 
-def save_pairs_grid(images: torch.Tensor, recon: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """PNG grid of originals over reconstructions, row by row ([-1, 1] inputs)."""
+def save_pairs_grid(images: torch.Tensor, recon: torch.Tensor, path: str | Path, nrow: int = 8,
+                    baseline: torch.Tensor | None = None) -> Path:
+    """PNG grid of originals over reconstructions (over the baseline, if given), row by row ([-1, 1] inputs)."""
     from torchvision.utils import save_image
 
     n = min(images.shape[0], nrow * 4)
     rows = []
     for i in range(0, n, nrow):
         rows += [images[i : i + nrow], recon[i : i + nrow]]
+        if baseline is not None:
+            rows.append(baseline[i : i + nrow])
     grid = make_grid(torch.cat(rows).float().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1, pad_value=1.0)
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
@@ -43,20 +47,30 @@ def reconstruct(
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode (posterior mean) and decode the first `n` images; metrics on uint8-rounded images, a grid PNG."""
+    """Encode (posterior mean) and decode the first `n` images; metrics on uint8-rounded images, a grid PNG.
+
+    Beside each reconstruction: the bicubic baseline with as many numbers per image as the latent
+    (`bicubic_baseline`), its PSNR / SSIM under "bicubic" and on the grid's third row of each block.
+    """
     tokenizer.eval().to(device)
     n = min(n, len(dataset)) if n > 0 else len(dataset)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
-    metrics, first = ReconMetrics(), None
+    values = math.prod(tokenizer.latent_shape)
+    metrics, bicubic, first = ReconMetrics(), ReconMetrics(), None
     t0 = time.perf_counter()
     for batch in tqdm(loader, desc="reconstruct", disable=not progress):
         x = batch["image"].to(device)
         recon = tokenizer.decode(tokenizer.encode(x))
+        base = bicubic_baseline(x, values)
         metrics.update(x, recon)
+        bicubic.update(x, base)
         if first is None:
-            first = (x.cpu(), recon.cpu())
+            first = (x.cpu(), recon.cpu(), base.cpu())
     out = metrics.compute()
-    grid = save_pairs_grid(*first, Path(out_dir) / "reconstructions.png")
+    side = bicubic_side(values, first[0].shape[1])
+    out["bicubic"] = {**bicubic.compute(), "values": side * side * first[0].shape[1], "side": side,
+                      "latent_values": values}
+    grid = save_pairs_grid(first[0], first[1], Path(out_dir) / "reconstructions.png", baseline=first[2])
     return {**out, "grid": str(grid), "seconds": time.perf_counter() - t0}
 
 
