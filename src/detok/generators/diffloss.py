@@ -18,7 +18,6 @@ from detok.nn.linear import Linear
 from detok.nn.random import randn
 from detok.processes.gaussian import GaussianDiffusion
 
-
 PRECOMPUTE_ELEMENTS = 1 << 23  # adaLN outputs kept at once while sampling (32 MB of float32)
 
 
