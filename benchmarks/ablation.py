@@ -33,6 +33,7 @@ PRESETS = {"fashion-mnist": "quickstart_fashion", "shapes": "quickstart_shapes"}
 # warmup in epochs = 30 steps of batch 32 (the recipes' 0.1 epoch is 188 steps on Fashion-MNIST's 60k images)
 WARMUP = {"fashion-mnist": 0.016, "shapes": 0.048}
 DEFAULT_TOK_STEPS = 1000
+V2_TOK_STEPS, V2_GEN_STEPS, V2_DECODER_FT_STEPS = 3000, 1500, 400  # protocol v2 (docs/RESULTS.md)
 STATS_IMAGES = 4096  # train images for the latent statistics (as the quickstart recipes)
 # name -> (noise, gamma, M): the paper's ablation rows, then its gamma and mask sweeps
 # (in the order they run: the baseline-vs-joint comparison first)
@@ -68,18 +69,37 @@ def plan(datasets: list[str], grid: str, seeds: list[int], extra: list[str]) -> 
     return rows
 
 
+def seed_summary(cells: list[dict]) -> dict:
+    """Per-seed generator cells -> mean and standard error of FID and class accuracy, and every seed's cell."""
+    import statistics
+
+    out: dict = {"seeds": cells, "n_seeds": len(cells)}
+    for key in ("fid", "class_accuracy"):
+        vals = [c[key] for c in cells if c.get(key) is not None]
+        if vals:
+            out[key] = statistics.mean(vals)
+            out[f"{key}_se"] = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else None
+    return out
+
+
 def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
     """Merge `rows` into the results file by (dataset, variant, seed), under a lock (grids run side by side)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-        key = lambda r: (r["dataset"], r["variant"], r["seed"], r["tok_steps"])  # noqa: E731
+        top = json.loads(path.read_text()) if path.is_file() else {}
+        old = top.pop("rows", [])
+        key = lambda r: (r.get("protocol", "v1"), r["dataset"], r["variant"], r["seed"], r["tok_steps"])  # noqa: E731
         merged = {key(r): r for r in old} | {key(r): r for r in rows}
         order = {v: i for i, v in enumerate(variants("all"))}
-        out = sorted(merged.values(), key=lambda r: (r["dataset"], r["tok_steps"], order[r["variant"]], r["seed"]))
+        out = sorted(merged.values(), key=lambda r: (r.get("protocol", "v1"), r["dataset"], r["tok_steps"],
+                                                     order[r["variant"]], r["seed"]))
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**meta, "rows": out}, indent=2, default=str))
+        protocol = meta.get("protocol", "v1")
+        top.setdefault("protocols", {})[protocol] = meta  # each protocol's settings; v1's also at the top level
+        if protocol == "v1":
+            top.update(meta)
+        tmp.write_text(json.dumps({**top, "rows": out}, indent=2, default=str))
         tmp.replace(path)
 
 
@@ -108,26 +128,48 @@ def check_stage(folder: Path, key: dict) -> None:
 
 
 def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: int, run: Path, steps: int,
-                    latent_dim: int, image_size: int) -> dict:
+                    latent_dim: int, image_size: int, kl_scale: str = "sum") -> dict:
     """Train (or resume, or skip when finished) one tokenizer variant; its summary."""
     from detok.runs.config import tokenizer_config
     from detok.runs.train import train_tokenizer as train
 
     noise, gamma, mask = spec
-    check_stage(run, {"stage": "tokenizer", "data": data, "preset": PRESETS[data], "variant": name, "noise": noise,
-                      "gamma": gamma, "mask_ratio": mask, "seed": seed, "steps": steps, "latent_dim": latent_dim,
-                      "image_size": image_size, "warmup_epochs": WARMUP[data]})
+    key = {"stage": "tokenizer", "data": data, "preset": PRESETS[data], "variant": name, "noise": noise,
+           "gamma": gamma, "mask_ratio": mask, "seed": seed, "steps": steps, "latent_dim": latent_dim,
+           "image_size": image_size, "warmup_epochs": WARMUP[data]}
+    if kl_scale != "sum":  # v1 records have no kl_scale (they all used the paper's sum)
+        key["kl_scale"] = kl_scale
+    check_stage(run, key)
     done = run / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
                  f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
-                 f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}"]
+                 f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}",
+                 f"loss.kl_scale={kl_scale}"]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)
     resume = (run / "checkpoints" / "latest").exists()
     return train(cfg, resume=resume, recon_images=256)
+
+
+def finetune_decoder(data: str, run: Path, steps: int, image_size: int, latent_dim: int, kl_scale: str) -> Path:
+    """Decoder fine-tuning on clean latents (frozen encoder: the latent space is the tokenizer's), cached in
+    RUN/decoder_ft; the fine-tuned run's folder."""
+    from detok.runs.config import tokenizer_config
+    from detok.runs.train import train_tokenizer as train
+
+    ft = run / "decoder_ft"
+    check_stage(ft, {"stage": "decoder fine-tuning", "data": data, "init_from": str(run), "steps": steps,
+                     "image_size": image_size, "latent_dim": latent_dim, "kl_scale": kl_scale})
+    if not (ft / "summary.json").is_file():
+        overrides = [f"init_from={run}", f"train.out_dir={ft}", f"train.max_steps={steps}", "train.progress=false",
+                     f"tokenizer.latent_dim={latent_dim}", f"tokenizer.image_size={image_size}",
+                     f"loss.kl_scale={kl_scale}", "decoder_only=true", "tokenizer.gamma=0.0", "tokenizer.mask_ratio=0.0"]
+        cfg = tokenizer_config(None, [PRESETS[data], "quickstart_decoder_ft"], overrides)
+        train(cfg, resume=(ft / "checkpoints" / "latest").exists(), recon_images=256)
+    return ft
 
 
 def tokenizer_metrics(run: Path, ecfg) -> dict:
@@ -223,11 +265,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--robustness", action="store_true",
                    help="only score how each finished tokenizer decodes perturbed latents (ablation_robustness.json)")
     p.add_argument("--quick", action="store_true", help="3 tokenizer / 2 generator steps, 64 samples")
+    p.add_argument("--protocol", default="v1", choices=["v1", "v2"],
+                   help="v2 (docs/RESULTS.md): 3000-step tokenizers with the size-invariant KL, decoder fine-tuning, "
+                        "1500-step generators x 3 seeds, CFG {1, 1.5, 2, 3} x 512, final 2048")
+    p.add_argument("--gen-seeds", default="", help="generator seeds per tokenizer (default: the tokenizer's; v2: 0,1,2)")
     args = p.parse_args(argv)
+    v2 = args.protocol == "v2"
+    if v2:
+        if args.tok_steps == DEFAULT_TOK_STEPS:
+            args.tok_steps = V2_TOK_STEPS
+        if args.gen_steps is None:
+            args.gen_steps = V2_GEN_STEPS
+        args.gen_seeds = args.gen_seeds or "0,1,2"
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000",
-             *args.eval_overrides]
+    evals = ["n_search=256", "n_final=512", "cfg_scales=[1.5,3.0]", "final_cfg1=false", "recon_images=1000"]
+    if v2:
+        evals += ["n_search=512", "n_final=2048", "cfg_scales=[1.0,1.5,2.0,3.0]"]
+    evals += args.eval_overrides
     if args.quick:
         args.tok_steps, args.gen_steps = 3, 2 if args.gen_steps is None else args.gen_steps
         evals += ["n_search=64", "n_final=64", "cfg_scales=[1.0,2.0]", "recon_images=64", "domain_steps=20",
@@ -241,18 +296,26 @@ def main(argv: list[str] | None = None) -> None:
     gens = [g for g in args.generators.split(",") if g]
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
-    meta = {"eval": vars(ecfg), "gen_steps": args.gen_steps, "default_tok_steps": DEFAULT_TOK_STEPS,
+    meta = {"protocol": args.protocol, "eval": vars(ecfg), "gen_steps": args.gen_steps,
+            "gen_seeds": args.gen_seeds, "default_tok_steps": DEFAULT_TOK_STEPS,
             "latent_dim": args.latent_dim, "image_size": args.image_size, "generators": gens, "stats_of": args.stats_of}
     rows, t0 = [], time.perf_counter()
     for data, name, seed in plan(args.data.split(","), args.grid, seeds, extra):
         spec = variants("all")[name]
         # a tokenizer budget other than the grid's is its own run (the budget check of the same variants)
         row_name = f"{name}-s{seed}" + (f"-t{args.tok_steps}" if args.tok_steps != DEFAULT_TOK_STEPS else "")
-        run = out / data / row_name
+        run = out / data / (f"v2/{row_name}" if v2 else row_name)
         t_row = time.perf_counter()
         print(f"[ablation] {data} {row_name}: tokenizer", flush=True)
-        tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps, args.latent_dim, args.image_size)
+        kl_scale = "latent_size" if v2 else "sum"
+        tok_summary = train_tokenizer(data, name, spec, seed, run, args.tok_steps, args.latent_dim, args.image_size,
+                                      kl_scale)
+        stage1 = run
+        if v2:  # every variant's decoder fine-tuned on clean latents; generators and metrics use it
+            print(f"[ablation] {data} {row_name}: decoder fine-tuning", flush=True)
+            run = finetune_decoder(data, run, V2_DECODER_FT_STEPS, args.image_size, args.latent_dim, kl_scale)
         rec = tokenizer_metrics(run, ecfg)
+        rec_stage1 = tokenizer_metrics(stage1, ecfg) if v2 else None
         tok = load_tokenizer(run)
         data_cfg = tokenizer_data_config(str(run))
         # generators see posterior samples: normalise by their statistics (a 300-step tokenizer's posterior noise
@@ -260,32 +323,49 @@ def main(argv: list[str] | None = None) -> None:
         train_set = build_dataset(data_cfg, "train")
         tok.set_stats(*latent_stats(tok, train_set, torch.device("cpu"), max_images=STATS_IMAGES, collate=collate,
                                     progress=False, of=args.stats_of))
-        bench = BenchConfig(generators=gens, steps=args.gen_steps, seed=seed, eval=ecfg, cache_images=args.cache_images,
-                            overrides=["train.progress=false", "sample.per_class=4"])
-        for g in gens:  # every cell's settings checked before its latents are (re)used
-            check_stage(out / data / "bench" / row_name / g,
-                        {"stage": "generator cell", "generator": g, "steps": bench.steps, "seed": bench.seed,
-                         "cache_images": bench.cache_images, "overrides": bench.overrides, "eval": vars(ecfg),
-                         "stats_of": args.stats_of, "stats_images": STATS_IMAGES})
-        cache = prepare_latents(tok, str(run), data_cfg, out / data / "bench" / row_name, torch.device("cpu"),
-                                progress=False, max_images=bench.cache_images)
+        gen_seeds = [int(x) for x in args.gen_seeds.split(",")] if args.gen_seeds else [seed]
+        bench_dir = out / data / ("v2/bench" if v2 else "bench")
+        benches = {gs: BenchConfig(generators=gens, steps=args.gen_steps, seed=gs, eval=ecfg,
+                                   cache_images=args.cache_images, overrides=["train.progress=false", "sample.per_class=4"])
+                   for gs in gen_seeds}
+
+        def cell_dir(g: str, gs: int, bench_dir: Path = bench_dir, row_name: str = row_name, seed: int = seed) -> Path:
+            """v1 (one generator seed = the tokenizer's): ROW/g as before; several seeds: ROW/g-gSEED."""
+            return bench_dir / row_name / (g if gs == seed and not args.gen_seeds else f"{g}-g{gs}")
+
+        for gs, bench in benches.items():  # every cell's settings checked before its latents are (re)used
+            for g in gens:
+                check_stage(cell_dir(g, gs),
+                            {"stage": "generator cell", "generator": g, "steps": bench.steps, "seed": bench.seed,
+                             "cache_images": bench.cache_images, "overrides": bench.overrides, "eval": vars(ecfg),
+                             "stats_of": args.stats_of, "stats_images": STATS_IMAGES,
+                             **({"tokenizer": str(run)} if v2 else {})})
+        cache = prepare_latents(tok, str(run), data_cfg, bench_dir / row_name, torch.device("cpu"),
+                                progress=False, max_images=args.cache_images)
         cells = {}
         for g in gens:
-            print(f"[ablation] {data} {row_name}: {g}", flush=True)
-            cell = run_cell(tok, str(run), cache, g, out / data / "bench" / row_name / g, bench, data_cfg,
-                            row=row_name)
-            cells[g] = {k: cell.get(k) for k in ("fid", "cfg", "feature_net", "n", "class_accuracy", "precision",
-                                                 "recall", "search", "train_seconds", "eval_seconds", "final_loss")}
-        write_table(out / data / "bench")
+            per_seed = []
+            for gs, bench in benches.items():
+                print(f"[ablation] {data} {row_name}: {g} seed {gs}", flush=True)
+                cell = run_cell(tok, str(run), cache, g, cell_dir(g, gs), bench, data_cfg, row=row_name)
+                per_seed.append({k: cell.get(k) for k in ("fid", "cfg", "feature_net", "n", "class_accuracy",
+                                                          "precision", "recall", "search", "train_seconds",
+                                                          "eval_seconds", "final_loss", "seed")})
+            cells[g] = per_seed[0] if len(per_seed) == 1 else seed_summary(per_seed)
+        write_table(bench_dir)
         noise, gamma, mask = spec
-        rows.append({"dataset": data, "variant": name, "tok_steps": args.tok_steps, "gamma": gamma, "mask_ratio": mask,
-                     "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
-                     "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
-                     "generators": cells})
+        row = {"dataset": data, "variant": name, "tok_steps": args.tok_steps, "gamma": gamma, "mask_ratio": mask,
+               "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
+               "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
+               "generators": cells, "protocol": args.protocol}
+        if v2:
+            row.update(decoder_ft_steps=V2_DECODER_FT_STEPS, kl_scale=kl_scale,
+                       stage1={k: rec_stage1[k] for k in ("rfid", "psnr", "ssim")})
+        rows.append(row)
         save_rows(Path(args.results), rows, meta)
         print(f"[ablation] {data} {row_name}: done in {time.perf_counter() - t_row:.0f} s "
               f"(rFID {rec['rfid']:.2f}, PSNR {rec['psnr']:.2f}, "
-              + ", ".join(f"{g} FID {c['fid']:.2f} @cfg {c['cfg']:g}" for g, c in cells.items()) + ")", flush=True)
+              + ", ".join(f"{g} FID {c['fid']:.2f}" for g, c in cells.items()) + ")", flush=True)
     print(f"[ablation] {len(rows)} rows in {time.perf_counter() - t0:.0f} s -> {args.results}", flush=True)
 
 

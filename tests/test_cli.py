@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,6 @@ def test_reconstruct_and_encode(tiny_run, tmp_path):
     assert rec["n"] == 6 and rec["weights"] == "ema" and Path(rec["grid"]).exists()
     # the bicubic baseline at the latent's size (tiny: 16 x 4 x 4 = 256 numbers -> 9 x 9 x 3 = 243)
     assert rec["bicubic"]["latent_values"] == 256 and rec["bicubic"]["side"] == 9 and rec["bicubic"]["n"] == 6
-    from PIL import Image
-
     assert Image.open(rec["grid"]).size[1] == 3 * 33 + 1  # originals, reconstructions, bicubic rows
 
     cache = tmp_path / "cache"
@@ -136,11 +135,19 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DETOK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(protocol, "feature_net_for", lambda *a, **k: FakeNet(classes=10))  # no domain training
-    assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "--generators", "sit",
-                 "--generator-steps", "2", "--eval-samples", "32", "stats_images=64"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "--generators", "sit", "--decoder-ft-steps",
+                 "2", "--generator-steps", "2", "--eval-samples", "32", "stats_images=64"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     tok = summary["tokenizer"]
-    assert {"psnr", "ssim", "seconds"} <= set(tok) and tok["steps"] == 3
+    assert {"psnr", "ssim", "seconds", "stage1_psnr"} <= set(tok) and tok["steps"] == 3
+    # stage 2 fine-tuned the decoder only: same encoder, so the generators' latent space is stage 1's
+    assert tok["decoder_ft_steps"] == 2 and tok["run_dir"].endswith("tokenizer_decoder_ft")
+    stage1 = load_tokenizer(tmp_path / "tokenizer")
+    stage2 = load_tokenizer(tmp_path / "tokenizer_decoder_ft")
+    for name, p in stage1.encoder.state_dict().items():
+        assert torch.equal(p, stage2.encoder.state_dict()[name]), name
+    assert any(not torch.equal(p, stage2.decoder.state_dict()[n]) for n, p in stage1.decoder.state_dict().items())
+    assert tok["bicubic"]["latent_values"] == math.prod(tok["latent_shape"]) and tok["bicubic"]["psnr"] > 0
     assert Path(tok["reconstructions"]).exists()
     sit = summary["generators"]["sit"]
     assert sit["steps"] == 2 and sit["fid_samples"] == 250 and sit["fid"] >= 0  # one batch of 250 at least

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="shapes", choices=DATA, help="built-in dataset")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--steps", type=int, default=0, help="tokenizer steps (0 = the preset's)")
+    p.add_argument("--decoder-ft-steps", type=int, default=-1,
+                   help="tokenizer stage 2, decoder fine-tuning on clean latents (-1 = the preset's, 0 = none)")
     p.add_argument("--generator-steps", type=int, default=0, help="steps of each generator (0 = the preset's)")
     p.add_argument("--generators", default="sit,mar", type=lambda s: _families(s) if s.strip() else [],
                    help="comma-separated generator families to train on the latents ('' = none, 'all')")
@@ -34,7 +36,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = quickstart(args.data, args.out, steps=args.steps, generator_steps=args.generator_steps,
                          generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
-                         overrides=args.overrides)
+                         overrides=args.overrides, decoder_ft_steps=args.decoder_ft_steps)
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
     print(results_table(summary), flush=True)
     return summary

@@ -37,6 +37,11 @@ class SiTConfig(BackboneConfig):
     )
     atol: float = 1e-6  # dopri5 tolerances (upstream SiT / l-DeTok)
     rtol: float = 1e-3
+    t_sampling: Literal["uniform", "logit_normal"] = field(
+        default="uniform", metadata={"help": "training t: uniform (SiT paper) or sigmoid(N(t_mean, t_std))"}
+    )
+    t_mean: float = 0.0
+    t_std: float = 1.0
 
 
 class SiT(DiTFamily):
@@ -51,7 +56,7 @@ class SiT(DiTFamily):
         super().__init__(cfg.latent_shape, cfg.num_classes, cfg.label_dropout)
         self.cfg = cfg
         self.net = DiTNet(cfg)
-        self.transport = FlowTransport(t_sampling="uniform")
+        self.transport = FlowTransport(t_sampling=cfg.t_sampling, t_mean=cfg.t_mean, t_std=cfg.t_std)
 
     def loss(
         self, latents: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None

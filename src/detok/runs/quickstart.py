@@ -24,12 +24,15 @@ def quickstart(
     data: str = "shapes", out: str | Path = "runs/quickstart", *, steps: int = 0, generator_steps: int = 0,
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
     overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
+    decoder_ft_steps: int = -1,
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
     Writes OUT/summary.json (returned) with the tokenizer's PSNR / SSIM and each generator's FID in the
     domain classifier's features (`eval_samples` samples; 0 = no FID). `overrides` apply to the tokenizer
-    run, `generator_overrides[family]` to that family's run (`key=value` strings).
+    run, `generator_overrides[family]` to that family's run (`key=value` strings). The tokenizer trains in two
+    stages: the l-DeTok recipe (noise + masking), then `decoder_ft_steps` steps of decoder fine-tuning on clean
+    latents with the encoder frozen (quickstart_decoder_ft.yaml; -1 = its steps, 0 = no stage 2).
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
@@ -41,7 +44,17 @@ def quickstart(
     if steps:
         tok_over.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [DATA_PRESETS[data]], tok_over)
-    tok = train_tokenizer(cfg, recon_images=256)
+    stage1 = train_tokenizer(cfg, recon_images=256)
+    tok = stage1
+    if decoder_ft_steps != 0:  # stage 2: frozen encoder, decoder on clean latents (the paper's final recipe)
+        ft_over = [f"init_from={stage1['run_dir']}", f"train.out_dir={out / 'tokenizer_decoder_ft'}",
+                   *(overrides or [])]
+        ft_presets = [DATA_PRESETS[data], "quickstart_decoder_ft"]
+        ft_steps = decoder_ft_steps if decoder_ft_steps > 0 else tokenizer_config(None, ft_presets).train.max_steps
+        # what makes stage 2 stage 2, whatever the (stage-1) overrides say
+        ft_over += [f"train.max_steps={ft_steps}", "decoder_only=true", "tokenizer.gamma=0.0",
+                    "tokenizer.mask_ratio=0.0"]
+        tok = train_tokenizer(tokenizer_config(None, ft_presets, ft_over), recon_images=256)
     rec = tok["reconstruction"]
     results: dict[str, Any] = {}
     if names:
@@ -73,8 +86,10 @@ def quickstart(
         "data": data,
         "tokenizer": {
             "model": cfg.model, "psnr": rec["psnr"], "ssim": rec["ssim"], "bicubic": rec["bicubic"],
-            "seconds": tok["seconds"],
-            "steps": tok["steps"], "img_per_s": tok["img_per_s"],
+            "seconds": stage1["seconds"] + (tok["seconds"] if tok is not stage1 else 0.0),
+            "steps": stage1["steps"], "img_per_s": stage1["img_per_s"],
+            "decoder_ft_steps": tok["steps"] if tok is not stage1 else 0,
+            "stage1_psnr": stage1["reconstruction"]["psnr"],
             "latent_shape": [cfg.tokenizer.latent_dim, grid, grid], "gamma": cfg.tokenizer.gamma,
             "mask_ratio": cfg.tokenizer.mask_ratio, "reconstructions": rec["grid"], "run_dir": tok["run_dir"],
         },
