@@ -33,6 +33,8 @@ PRESETS = {"fashion-mnist": "quickstart_fashion", "shapes": "quickstart_shapes"}
 # warmup in epochs = 30 steps of batch 32 (the recipes' 0.1 epoch is 188 steps on Fashion-MNIST's 60k images)
 WARMUP = {"fashion-mnist": 0.016, "shapes": 0.048}
 DEFAULT_TOK_STEPS = 1000
+# the study's tokenizer shape and batch, pinned here so that retuning the quickstart presets does not move it
+STUDY_PINS = ("tokenizer.patch_size=4", "train.global_batch_size=32")
 V2_TOK_STEPS, V2_GEN_STEPS, V2_DECODER_FT_STEPS = 3000, 1500, 400  # protocol v2 (docs/RESULTS.md)
 STATS_IMAGES = 4096  # train images for the latent statistics (as the quickstart recipes)
 # name -> (noise, gamma, M): the paper's ablation rows, then its gamma and mask sweeps
@@ -146,7 +148,7 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
                  f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
                  f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}",
-                 f"loss.kl_scale={kl_scale}"]
+                 f"loss.kl_scale={kl_scale}", *STUDY_PINS]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)
@@ -166,7 +168,7 @@ def finetune_decoder(data: str, run: Path, steps: int, image_size: int, latent_d
     if not (ft / "summary.json").is_file():
         overrides = [f"init_from={run}", f"train.out_dir={ft}", f"train.max_steps={steps}", "train.progress=false",
                      f"tokenizer.latent_dim={latent_dim}", f"tokenizer.image_size={image_size}",
-                     f"loss.kl_scale={kl_scale}", "decoder_only=true", "tokenizer.gamma=0.0", "tokenizer.mask_ratio=0.0"]
+                     f"loss.kl_scale={kl_scale}", *STUDY_PINS, "decoder_only=true", "tokenizer.gamma=0.0", "tokenizer.mask_ratio=0.0"]
         cfg = tokenizer_config(None, [PRESETS[data], "quickstart_decoder_ft"], overrides)
         train(cfg, resume=(ft / "checkpoints" / "latest").exists(), recon_images=256)
     return ft
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.robustness:
         fill_robustness(Path(args.results), out, ecfg)
         return
+    ft_steps = 3 if args.quick else V2_DECODER_FT_STEPS
     gens = [g for g in args.generators.split(",") if g]
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         stage1 = run
         if v2:  # every variant's decoder fine-tuned on clean latents; generators and metrics use it
             print(f"[ablation] {data} {row_name}: decoder fine-tuning", flush=True)
-            run = finetune_decoder(data, run, V2_DECODER_FT_STEPS, args.image_size, args.latent_dim, kl_scale)
+            run = finetune_decoder(data, run, ft_steps, args.image_size, args.latent_dim, kl_scale)
         rec = tokenizer_metrics(run, ecfg)
         rec_stage1 = tokenizer_metrics(stage1, ecfg) if v2 else None
         tok = load_tokenizer(run)
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
                "generators": cells, "protocol": args.protocol}
         if v2:
-            row.update(decoder_ft_steps=V2_DECODER_FT_STEPS, kl_scale=kl_scale,
+            row.update(decoder_ft_steps=ft_steps, kl_scale=kl_scale,
                        stage1={k: rec_stage1[k] for k in ("rfid", "psnr", "ssim")})
         rows.append(row)
         save_rows(Path(args.results), rows, meta)

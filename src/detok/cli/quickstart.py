@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="shapes", choices=DATA, help="built-in dataset")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--steps", type=int, default=0, help="tokenizer steps (0 = the preset's)")
-    p.add_argument("--decoder-ft-steps", type=int, default=-1,
-                   help="tokenizer stage 2, decoder fine-tuning on clean latents (-1 = the preset's, 0 = none)")
+    p.add_argument("--decoder-ft-steps", type=int, default=0,
+                   help="tokenizer stage 2: decoder fine-tuning on clean latents, encoder frozen (-1 = the preset's "
+                        "400 steps, 0 = none)")
     p.add_argument("--generator-steps", type=int, default=0, help="steps of each generator (0 = the preset's)")
     p.add_argument("--generators", default="sit,mar", type=lambda s: _families(s) if s.strip() else [],
                    help="comma-separated generator families to train on the latents ('' = none, 'all')")

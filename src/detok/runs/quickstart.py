@@ -24,7 +24,7 @@ def quickstart(
     data: str = "shapes", out: str | Path = "runs/quickstart", *, steps: int = 0, generator_steps: int = 0,
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
     overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
-    decoder_ft_steps: int = -1,
+    decoder_ft_steps: int = 0,
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
@@ -32,7 +32,8 @@ def quickstart(
     domain classifier's features (`eval_samples` samples; 0 = no FID). `overrides` apply to the tokenizer
     run, `generator_overrides[family]` to that family's run (`key=value` strings). The tokenizer trains in two
     stages: the l-DeTok recipe (noise + masking), then `decoder_ft_steps` steps of decoder fine-tuning on clean
-    latents with the encoder frozen (quickstart_decoder_ft.yaml; -1 = its steps, 0 = no stage 2).
+    latents with the encoder frozen (quickstart_decoder_ft.yaml; -1 = its 400 steps; default 0 = no stage 2:
+    at the quickstart's budget it adds minutes for about +1 dB, docs/RESULTS.md).
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
