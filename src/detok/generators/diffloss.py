@@ -196,7 +196,10 @@ class DiffLoss(nn.Module):
 
         def mods_for(t: torch.Tensor) -> torch.Tensor:
             state["i"] -= 1
-            return mods_at(state["i"])
+            i = state["i"]
+            if t.device.type == "cpu" and (i < 0 or int(t[0]) != int(ts[i])):  # free check on CPU (a sync on GPU)
+                raise RuntimeError(f"the sampler called the head at step {int(t[0])}, expected loop index {i}")
+            return mods_at(i)
 
         if z_uncond is None:
 
