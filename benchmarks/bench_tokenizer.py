@@ -7,6 +7,8 @@ is rewritten after every row ("partial": true until the run ends); --resume cont
 
     python benchmarks/bench_tokenizer.py                    # all cases -> docs/benchmarks/tokenizer.json
     python benchmarks/bench_tokenizer.py --variants         # + implementation-option rows
+    python benchmarks/bench_tokenizer.py --upstream PATH    # + A/B rounds against upstream l-DeTok's own step
+                                                            #   (PATH: a Jiawei-Yang/DeTok clone outside this repo)
     python benchmarks/bench_tokenizer.py --quick --out /tmp/tok.json      # smoke test
     python benchmarks/bench_tokenizer.py --resume           # continue an interrupted run (same settings)
     python benchmarks/bench_tokenizer.py --profile detok_ss_32            # top ops of 3 training steps
