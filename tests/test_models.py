@@ -19,9 +19,16 @@ from detok.io import save_checkpoint
 
 LATENT = (4, 4, 4)  # (C, h, w): 16 tokens at patch 1
 CLASSES = 5
-GENERATORS = registry.tiny_members("generator")
+
+def _continuous(kind: str, name: str) -> bool:
+    """Families over continuous latents; the discrete-token ones (DDT, ddt_ar) have their own contract tests
+    (tests/test_ddt.py, tests/test_ddt_ar.py)."""
+    return registry.family_of(kind, name).extra.get("tokens", "continuous") == "continuous"
+
+
+GENERATORS = [n for n in registry.tiny_members("generator") if _continuous("generator", n)]
 TOKENIZERS = [n for n in registry.tiny_members("tokenizer")
-              if registry.family_of("tokenizer", n).extra.get("trainable", False)]
+              if registry.family_of("tokenizer", n).extra.get("trainable", False) and _continuous("tokenizer", n)]
 FAST_SAMPLING = {"dit": {"steps": "4"}, "sit": {"steps": 4, "sampler": "euler"}, "lightningdit": {"steps": 4},
                  "mar": {"steps": 4, "head_steps": 4}, "rasterar": {"head_steps": 4}, "randomar": {"head_steps": 4}}
 

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="training images encoded (with their flips) for the generators (0 = all)")
     p.add_argument("--eval-samples", type=int, default=500,
                    help="samples per generator for its FID in domain-classifier features (0 = no FID)")
+    p.add_argument("--with", dest="with_parts", default="", choices=["", "ddt"],
+                   help="also train the discrete part: 'ddt' = a DDT tokenizer (discrete diffusion-timestep tokens) "
+                        "and the ddt_ar LLaMA on its ids, reported under summary['ddt']")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides, e.g. train.max_steps=50")
     p.set_defaults(func=main)
 
@@ -37,7 +40,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = quickstart(args.data, args.out, steps=args.steps, generator_steps=args.generator_steps,
                          generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
-                         overrides=args.overrides, decoder_ft_steps=args.decoder_ft_steps)
+                         overrides=args.overrides, decoder_ft_steps=args.decoder_ft_steps,
+                         with_ddt=args.with_parts == "ddt")
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
     print(results_table(summary), flush=True)
     return summary
@@ -66,6 +70,18 @@ def results_table(summary: dict) -> str:
             res.append(f"class accuracy {g['class_accuracy']:.2f}")
         res.append(f"cfg {g['cfg_scale']:g}")
         lines.append(f"{name:<22}{g['model']:<16}{g['steps']:>6}{g['seconds']:>9.0f}  " + ", ".join(res))
-    lines.append(f"total {summary['total_seconds'] / 60:.1f} min; grids: "
-                 + ", ".join([tok["reconstructions"], *(g["samples"] for g in summary["generators"].values())]))
+    grids = [tok["reconstructions"], *(g["samples"] for g in summary["generators"].values())]
+    ddt = summary.get("ddt")
+    if ddt:
+        dt, dg = ddt["tokenizer"], ddt["generator"]
+        curve = ", ".join(f"{j}: {v:.1f}" for j, v in ddt["psnr_by_tokens"].items())
+        lines.append(f"{'DDT tokenizer':<22}{dt['model']:<16}{dt['steps']:>6}{dt['seconds']:>9.0f}  PSNR by tokens "
+                     f"kept (AR order) {curve} dB; K {dt['num_tokens']}, codebook {dt['codebook_size']}")
+        res = [f"FID {dg['fid']:.1f} ({dg['fid_samples']} samples, {dg['fid_features']} features)"] if "fid" in dg else []
+        if "class_accuracy" in dg:
+            res.append(f"class accuracy {dg['class_accuracy']:.2f}")
+        res.append(f"cfg {dg['cfg_scale']:g}")
+        lines.append(f"{'ddt_ar':<22}{dg['model']:<16}{dg['steps']:>6}{dg['seconds']:>9.0f}  " + ", ".join(res))
+        grids += [ddt["prefix_grid"], dg["samples"]]
+    lines.append(f"total {summary['total_seconds'] / 60:.1f} min; grids: " + ", ".join(grids))
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from torch import nn
 from detok.engine.trainer import Task
 from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.tokenizers.ddt import DDT
 from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache
 
@@ -99,6 +100,41 @@ class TokenizerTask(Task):
         return losses, logs
 
 
+class DDTTask(Task):
+    """DDT tokenizer training: velocity MSE of the token-conditioned decoder + the quantizer's commitment loss.
+
+    Every `usage_every` steps the batch's codebook usage (perplexity, used fraction, dead codes) is logged.
+    """
+
+    ema_module = "model"
+
+    def __init__(self, model: DDT, hflip: bool = True, usage_every: int = 50) -> None:
+        self.model, self.hflip, self.usage_every = model, hflip, usage_every
+        self.forward_model: nn.Module = model
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        return {"main": [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]}
+
+    def setup(self, info, wrap) -> None:
+        # token_drop / the schedule can leave token embeddings of high indices unused in a step
+        self.forward_model = wrap(self.model, find_unused=True)
+
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
+        x = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        if self.hflip:
+            flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5  # (B,)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        out = self.forward_model(x, rng=rng)
+        ids = out.pop("ids")
+        logs = {k: v.detach() for k, v in out.items()}
+        if self.usage_every and (step + 1) % self.usage_every == 0 and not ids.is_meta:  # logged at step + 1
+            logs.update({f"code_{k}": torch.tensor(float(v)) for k, v in self.model.usage(ids).items()})
+        return {"main": out["loss"]}, logs
+
+
 class _GeneratorLoss(nn.Module):
     """`generator.loss` as a module forward, so DDP can wrap any generator whatever its own forward is."""
 
@@ -133,6 +169,8 @@ class GeneratorTask(Task):
     @torch.no_grad()
     def latents(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:
         """Normalised posterior samples (B, C, h, w): from cached moments (+ flips) or by encoding images."""
+        if getattr(self.tokenizer, "discrete", False):
+            return self._token_ids(batch, rng)
         if self.use_cache:
             moments = batch["moments"]  # (B, 2C, h, w)
             if self.hflip:
@@ -146,6 +184,20 @@ class GeneratorTask(Task):
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             z = self.tokenizer.encode(x, sample=True, rng=rng)
         return self.tokenizer.normalize(z.float())
+
+    def _token_ids(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:
+        """Token ids (B, K) in AR order of a discrete tokenizer: from a token cache (+ flips) or by tokenizing."""
+        if self.use_cache:
+            ids = batch["ids"]  # (B, K)
+            if self.hflip:
+                flip = torch.rand(ids.shape[0], generator=rng, device=ids.device) < 0.5
+                ids = torch.where(flip[:, None], batch["ids_flip"], ids)
+            return ids.long()
+        x = batch["image"]
+        if self.hflip:
+            flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return self.tokenizer.tokenize(x)
 
     def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
         z = self.latents(batch, rng)

@@ -31,6 +31,7 @@ from detok.eval.recon import SSIM_CONVENTION, ReconMetrics, to_uint8
 from detok.generators.base import Generator
 from detok.generators.sampling import balanced_labels, rank_batches, sample_images
 from detok.io import cache_dir, merge_json
+from detok.processes.timestep_tokens import prefix_lengths
 from detok.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -346,29 +347,47 @@ def evaluate_tokenizer(
     n = len(dataset) if ecfg.recon_images <= 0 else min(ecfg.recon_images, len(dataset))
     idx = list(range(rank, n, world))
     loader = DataLoader(Subset(dataset, idx), batch_size=ecfg.batch_size, collate_fn=collate)
-    real, fake, rec = GaussianStats(net.dim), GaussianStats(net.dim), ReconMetrics(distributed=True)
+    discrete = bool(getattr(tok, "discrete", False))
+    # a DDT tokenizer: every prefix length j of the prefix curve (j = K last: the full reconstruction)
+    js = prefix_lengths(tok.num_tokens) if discrete else [None]
+    real = GaussianStats(net.dim)
+    fake = {j: GaussianStats(net.dim) for j in js}
+    rec = {j: ReconMetrics(distributed=True) for j in js}
     lp_sum = torch.zeros(2, dtype=torch.float64)
     t0 = time.perf_counter()
     for batch in tqdm(loader, desc="reconstruct", disable=not progress):
         x = batch["image"].to(device)
-        y = tok.decode(tok.encode(x)).float().clamp(-1, 1)
-        rec.update(x, y)
         real.update(net(to_uint8(x))["pool"])
-        fake.update(net(to_uint8(y))["pool"])
-        if lpips_net is not None:
+        ids = tok.tokenize(x) if discrete else None
+        for j in js:
+            if discrete:  # decoding noise seeded by the batch's first global index: the same for every j
+                g = torch.Generator(device=device).manual_seed(ecfg.seed * 1_000_003 + int(batch["index"][0]))
+                y = tok.detokenize(ids, rng=g, known=j).float().clamp(-1, 1)
+            else:
+                y = tok.decode(tok.encode(x)).float().clamp(-1, 1)
+            rec[j].update(x, y)
+            fake[j].update(net(to_uint8(y))["pool"])
+        if lpips_net is not None:  # of the full reconstruction
             d = lpips_net(x, y).flatten()
             lp_sum += torch.tensor([float(d.sum()), float(d.numel())], dtype=torch.float64)
-    out = rec.compute()
     from detok.eval.frechet import frechet_distance
 
     mu_r, sig_r, n_r = real.compute()
-    mu_f, sig_f, _ = fake.compute()
-    out["rfid"] = float(frechet_distance(mu_f, sig_f, mu_r, sig_r))
+    by_j = {}
+    for j in js:
+        mu_f, sig_f, _ = fake[j].compute()
+        by_j[j] = {**rec[j].compute(), "rfid": float(frechet_distance(mu_f, sig_f, mu_r, sig_r))}
+    out = dict(by_j[js[-1]])
+    if discrete:
+        out["by_tokens"] = {str(j): {k: v for k, v in m.items() if k != "n"} for j, m in by_j.items()}
     lp = dist.all_reduce_sum(lp_sum)
     out["lpips"] = float(lp[0] / lp[1]) if lp[1] > 0 else None
     out["recipe"] = {**recipe(net), "reference": f"originals of the {split} split (same images)", "n": int(n_r),
                      "split": split, "data": data_cfg.name, "image_size": data_cfg.image_size,
-                     "uint8": "round((x + 1) * 127.5), clamped", "encode": "posterior mean, no noise, no mask",
+                     "uint8": "round((x + 1) * 127.5), clamped",
+                     "encode": ("token ids; decoded from the first j AR-order tokens by "
+                                f"{tok.cfg.sample_steps} Euler steps, seed {ecfg.seed}" if discrete
+                                else "posterior mean, no noise, no mask"),
                      "ssim": SSIM_CONVENTION,
                      "lpips": "LPIPS-VGG16 v0.1" if lpips_net is not None else "not computed (no VGG16 weights)"}
     out["seconds"] = time.perf_counter() - t0

@@ -49,7 +49,11 @@ def sample_images(
         y = labels[start : start + batch_size].to(device)
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_index + start)
         z = gen.sample(len(y), y, cfg_scale=cfg_scale, steps=steps or None, head_steps=head_steps or None, rng=g)
-        out.append(tok.decode(tok.denormalize(z)).float().clamp(-1, 1).cpu())
+        if getattr(tok, "discrete", False):  # token ids: the diffusion decoder draws its noise from this batch's rng
+            images = tok.decode(z, rng=g)
+        else:
+            images = tok.decode(tok.denormalize(z))
+        out.append(images.float().clamp(-1, 1).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

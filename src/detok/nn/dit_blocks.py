@@ -196,11 +196,17 @@ class AdaLNBlock(nn.Module):
             raise ValueError(f"unknown mlp {mlp!r}")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, D), condition c (B, D), rope a `rope_table` or None -> (B, N, D)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (B, D)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D), condition c (B, D) or per token (B, N, D), rope a `rope_table` or None, attn_mask bool
+        (B, 1, 1|N, N) True = attend, or None -> (B, N, D)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (B[, N], D)
+        if c.ndim == 2:
+            gate1, gate2 = gate1[:, None], gate2[:, None]  # (B, 1, D): one condition for all N tokens
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, attn_mask)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class FinalLayer(nn.Module):

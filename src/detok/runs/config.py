@@ -24,6 +24,8 @@ from detok.config import (
 from detok.data.build import DataConfig
 from detok.engine.trainer import OptimConfig, TrainConfig
 from detok.losses.tokenizer_loss import TokenizerLossConfig
+from detok.tokenizers.ddt import PRESETS as DDT_PRESETS
+from detok.tokenizers.ddt import DDTConfig, ddt_config
 from detok.tokenizers.detok import PRESETS, DetokConfig
 
 
@@ -58,6 +60,27 @@ class TokenizerRunConfig:
     stats_of: Literal["mean", "sample"] = option(
         "mean", "latent statistics of posterior 'mean's (upstream) or of posterior 'sample's (what generators see)")
     probe: ProbeConfig = option(factory=ProbeConfig)  # generation-FID estimate during training (off)
+
+
+def _ddt_optim() -> OptimConfig:
+    return OptimConfig(lr=5e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_epochs=1.0, grad_clip=1.0)
+
+
+def _ddt_train() -> TrainConfig:
+    return TrainConfig(out_dir="runs/ddt", global_batch_size=256, epochs=100.0, ema_decay=0.999)
+
+
+@dataclass
+class DDTRunConfig:
+    """Everything `detok train tokenizer --model ddt_*` needs (a DDT tokenizer: see detok.tokenizers.ddt)."""
+
+    model: str = option("ddt_b", "DDT preset the `tokenizer` section started from")
+    tokenizer: DDTConfig = option(factory=DDTConfig)
+    data: DataConfig = option(factory=DataConfig)
+    optim: OptimConfig = option(factory=_ddt_optim)
+    train: TrainConfig = option(factory=_ddt_train)
+    usage_every: int = option(50, "log codebook usage (perplexity, used fraction, dead codes) every this many steps",
+                              min=0)
 
 
 @dataclass
@@ -103,20 +126,31 @@ def _apply(data: dict[str, Any], presets: list[str], overrides: list[str]) -> di
 
 
 def tokenizer_config(model: str | None = None, presets: list[str] | None = None,
-                     overrides: list[str] | None = None) -> TokenizerRunConfig:
+                     overrides: list[str] | None = None) -> TokenizerRunConfig | DDTRunConfig:
     """Defaults, then the tokenizer preset `model`, then YAML presets, then `key=value` overrides."""
     from_yaml: dict[str, Any] = {}
     for preset in presets or []:
         deep_update(from_yaml, load_yaml(preset))
     name = registry.canonical("tokenizer", model or from_yaml.get("model") or TokenizerRunConfig.model)
+    if name in DDT_PRESETS:
+        return ddt_run_config(name, from_yaml, overrides)
     if name not in PRESETS:
-        trainable = [n for n in registry.names("tokenizer") if n in PRESETS]
+        trainable = [n for n in registry.names("tokenizer") if n in PRESETS or n in DDT_PRESETS]
         raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(trainable)}")
     data: dict[str, Any] = to_dict(TokenizerRunConfig())
     deep_update(data["tokenizer"], dict(PRESETS[name]))
     deep_update(data, from_yaml)
     data["model"] = name
     return from_dict(TokenizerRunConfig, _apply(data, [], list(overrides or [])))
+
+
+def ddt_run_config(name: str, from_yaml: dict[str, Any], overrides: list[str] | None) -> DDTRunConfig:
+    """A DDT tokenizer run: defaults, the preset `name`, YAML presets (`from_yaml`), then overrides."""
+    data: dict[str, Any] = to_dict(DDTRunConfig())
+    data["tokenizer"] = to_dict(ddt_config(name))
+    deep_update(data, from_yaml)
+    data["model"] = name
+    return from_dict(DDTRunConfig, _apply(data, [], list(overrides or [])))
 
 
 def generator_recipe(family_name: str) -> dict[str, Any]:

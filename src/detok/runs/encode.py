@@ -33,7 +33,8 @@ def encode(
         tok = load_tokenizer(tokenizer).to(info.device)
         data_cfg = data_config_for(tok, run_config(tokenizer), data, root, file_list, bad_images)
         dataset = build_dataset(data_cfg, split)
-        recompute = recompute_stats or not has_latent_stats(tok)
+        discrete = bool(getattr(tok, "discrete", False))  # token ids: no statistics to compute
+        recompute = not discrete and (recompute_stats or not has_latent_stats(tok))
         if recompute:
             mean, std = latent_stats(tok, dataset, info.device, batch_size, num_workers, collate=collate,
                                      progress=progress and info.is_main)
@@ -46,9 +47,10 @@ def encode(
         )
     finally:
         dist.shutdown()
-    summary = {k: meta[k] for k in ("count", "latent_shape", "tokenizer_fingerprint") if k in meta}
+    summary = {k: meta[k] for k in ("count", "latent_shape", "tokenizer_fingerprint", "num_tokens", "codebook_size")
+               if k in meta}
     summary.update(out=str(out), shards=len(meta.get("shards", [])),
-                   stats="recomputed" if recompute else "from tokenizer")
+                   stats="none (token ids)" if discrete else "recomputed" if recompute else "from tokenizer")
     if meta.get("skipped_count"):
         summary["skipped_count"] = meta["skipped_count"]
         shown = meta["skipped"][:5]

@@ -24,7 +24,7 @@ def quickstart(
     data: str = "shapes", out: str | Path = "runs/quickstart", *, steps: int = 0, generator_steps: int = 0,
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
     overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
-    decoder_ft_steps: int = 0,
+    decoder_ft_steps: int = 0, with_ddt: bool = False, ddt_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
@@ -33,7 +33,9 @@ def quickstart(
     run, `generator_overrides[family]` to that family's run (`key=value` strings). The tokenizer trains in two
     stages: the l-DeTok recipe (noise + masking), then `decoder_ft_steps` steps of decoder fine-tuning on clean
     latents with the encoder frozen (quickstart_decoder_ft.yaml; -1 = its 400 steps; default 0 = no stage 2:
-    at the quickstart's budget it adds minutes for about +1 dB, docs/RESULTS.md).
+    at the quickstart's budget it adds minutes for about +1 dB, docs/RESULTS.md). `with_ddt` adds the discrete
+    part (`quickstart_ddt`): a DDT tokenizer, its token cache and `ddt_ar` on it, under summary["ddt"]
+    (`ddt_overrides` apply to the DDT tokenizer run).
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
@@ -81,6 +83,9 @@ def quickstart(
             }
             if eval_samples > 0:
                 results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
+    ddt_over = ([f"train.max_steps={steps}"] if steps else []) + list(ddt_overrides or [])
+    ddt = _quickstart_ddt(data, out, cfg.data, cache_images, eval_samples, generator_steps, ddt_over,
+                          (generator_overrides or {}).get("ddt_ar", [])) if with_ddt else None
     dist.shutdown()
     grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
     summary = {
@@ -97,8 +102,51 @@ def quickstart(
         "generators": results,
         "total_seconds": time.perf_counter() - t0,
     }
+    if ddt is not None:
+        summary["ddt"] = ddt
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _quickstart_ddt(data: str, out: Path, data_cfg, cache_images: int, eval_samples: int, generator_steps: int,
+                    overrides: list[str], gen_overrides: list[str]) -> dict[str, Any]:
+    """The discrete part: a DDT tokenizer (prefix curve), its token cache, `ddt_ar` on it (FID, class accuracy)."""
+    t0 = time.perf_counter()
+    cfg = tokenizer_config(None, ["quickstart_ddt"], [f"data.name={data}", f"train.out_dir={out / 'ddt'}", *overrides])
+    tok_summary = train_tokenizer(cfg, recon_images=256)
+    rec = tok_summary["reconstruction"]
+    tokenizer = load_tokenizer(tok_summary["run_dir"])
+    train = build_dataset(cfg.data, "train")
+    if 0 < cache_images < len(train):
+        train = Subset(train, range(cache_images))
+    cache = out / "ddt_tokens"
+    write_cache(tokenizer, train, cache, torch.device("cpu"),
+                source={"tokenizer": tok_summary["run_dir"], "data": cfg.data.name, "split": "train"},
+                batch_size=256, collate=collate)
+    g_over = [f"tokenizer={tok_summary['run_dir']}", f"cache={cache}", f"train.out_dir={out / 'ddt_ar'}"]
+    if generator_steps:
+        g_over.append(f"train.max_steps={generator_steps}")
+    g_cfg = generator_config(overrides=g_over + list(gen_overrides), family="ddt_ar")
+    res = train_generator(g_cfg)
+    result: dict[str, Any] = {
+        "tokenizer": {"model": cfg.model, "num_tokens": tokenizer.num_tokens, "codebook_size": tokenizer.codebook_size,
+                      "schedule": cfg.tokenizer.schedule, "steps": tok_summary["steps"],
+                      "seconds": tok_summary["seconds"], "run_dir": tok_summary["run_dir"],
+                      "codebook": tok_summary.get("codebook", {})},
+        "psnr_by_tokens": rec["psnr_by_tokens"], "ssim_by_tokens": rec["ssim_by_tokens"], "psnr": rec["psnr"],
+        "psnr_gain_over_unconditional": rec["psnr_gain_over_unconditional"],
+        "prefix_grid": rec["prefix_grid"], "prefix_plot": rec["prefix_plot"],
+        "generator": {"model": g_cfg.model, "steps": res["steps"], "seconds": res["seconds"],
+                      "parameters_m": res["parameters_m"], "final_loss": res["final"].get("loss"),
+                      "samples": res["samples"]["grid"], "cfg_scale": g_cfg.sample.cfg_scale,
+                      "run_dir": res["run_dir"]},
+    }
+    if eval_samples > 0:
+        scores = _fid(res["run_dir"], tokenizer, data_cfg, g_cfg.sample.cfg_scale, eval_samples)
+        result["generator"].update(scores)
+        result.update({k: scores[k] for k in ("fid", "class_accuracy") if k in scores})
+    result["seconds"] = time.perf_counter() - t0
+    return result
 
 
 def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:

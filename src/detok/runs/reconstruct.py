@@ -18,6 +18,7 @@ from detok.data.build import DataConfig
 from detok.dist import pick_device
 from detok.eval.recon import ReconMetrics, bicubic_baseline, bicubic_side
 from detok.io import atomic_write, write_json
+from detok.processes.timestep_tokens import prefix_lengths
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.load import load_tokenizer, run_config
 
@@ -52,6 +53,8 @@ def reconstruct(
     Beside each reconstruction: the bicubic baseline with as many numbers per image as the latent
     (`bicubic_baseline`), its PSNR / SSIM under "bicubic" and on the grid's third row of each block.
     """
+    if getattr(tokenizer, "discrete", False):
+        return reconstruct_prefixes(tokenizer, dataset, out_dir, device, n, batch_size, progress)
     tokenizer.eval().to(device)
     n = min(n, len(dataset)) if n > 0 else len(dataset)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
@@ -72,6 +75,84 @@ def reconstruct(
                       "latent_values": values}
     grid = save_pairs_grid(first[0], first[1], Path(out_dir) / "reconstructions.png", baseline=first[2])
     return {**out, "grid": str(grid), "seconds": time.perf_counter() - t0}
+
+
+def save_prefix_grid(images: torch.Tensor, by_j: dict[int, torch.Tensor], path: str | Path, rows: int = 8) -> Path:
+    """PNG: one image per row, columns = decodings from j = 0 .. K tokens (coarse to fine), then the original."""
+    from torchvision.utils import save_image
+
+    n = min(rows, images.shape[0])
+    cols = [by_j[j][:n] for j in sorted(by_j)] + [images[:n]]  # each (n, 3, H, W)
+    tiles = torch.stack(cols, dim=1).flatten(0, 1)  # (n * (J + 1), 3, H, W), row-major
+    grid = make_grid(tiles.float().clamp(-1, 1) * 0.5 + 0.5, nrow=len(cols), padding=1, pad_value=1.0)
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+
+
+def save_prefix_plot(by_tokens: dict[int, dict[str, float]], num_tokens: int, path: str | Path,
+                     title: str = "") -> Path:
+    """PNG: reconstruction PSNR against the number of AR-order tokens kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    js = sorted(by_tokens)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    ax.plot(js, [by_tokens[j]["psnr"] for j in js], "o-")
+    ax.set_xlabel(f"tokens kept, AR order (of K = {num_tokens})")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title or "DDT prefix reconstruction")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def reconstruct_prefixes(
+    tokenizer, dataset: Dataset, out_dir: str | Path, device: torch.device, n: int = 256, batch_size: int = 64,
+    progress: bool = True, seed: int = 0, lengths: list[int] | None = None,
+) -> dict[str, Any]:
+    """A discrete diffusion-timestep tokenizer's reconstructions from the first j AR-order tokens.
+
+    For each j of `lengths` (default `prefix_lengths(K)`): PSNR / SSIM of the first `n` images decoded from
+    their first j tokens (j = 0: the unconditional decoder; j = K: the full reconstruction, whose numbers
+    are also the top-level "psnr" / "ssim"). Decoding noise is seeded per batch by (seed, first index), the
+    same noise for every j. Writes reconstructions.png (the full decodings), prefixes.png (coarse to fine) and
+    prefix_psnr.png.
+    """
+    tokenizer.eval().to(device)
+    k = tokenizer.num_tokens
+    js = lengths or prefix_lengths(k)
+    n = min(n, len(dataset)) if n > 0 else len(dataset)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
+    metrics = {j: ReconMetrics() for j in js}
+    first: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+    t0, start = time.perf_counter(), 0
+    for batch in tqdm(loader, desc="reconstruct (prefixes)", disable=not progress):
+        x = batch["image"].to(device)
+        ids = tokenizer.tokenize(x)  # (B, K) AR order
+        decoded = {}
+        for j in js:
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+            decoded[j] = tokenizer.detokenize(ids, rng=g, known=j)
+            metrics[j].update(x, decoded[j])
+        if first is None:
+            first = (x.cpu(), {j: d.cpu() for j, d in decoded.items()})
+        start += x.shape[0]
+    by_tokens = {j: metrics[j].compute() for j in js}
+    out_dir = Path(out_dir)
+    grid = save_pairs_grid(first[0], first[1][k], out_dir / "reconstructions.png")
+    prefixes = save_prefix_grid(first[0], first[1], out_dir / "prefixes.png")
+    plot = save_prefix_plot(by_tokens, k, out_dir / "prefix_psnr.png")
+    full = by_tokens[k]
+    gain = full["psnr"] - by_tokens[0]["psnr"] if 0 in by_tokens else float("nan")
+    return {**full, "psnr_by_tokens": {str(j): by_tokens[j]["psnr"] for j in js},
+            "ssim_by_tokens": {str(j): by_tokens[j]["ssim"] for j in js}, "psnr_gain_over_unconditional": gain,
+            "num_tokens": k, "codebook_size": tokenizer.codebook_size, "decode_steps": tokenizer.cfg.sample_steps,
+            "grid": str(grid), "prefix_grid": str(prefixes), "prefix_plot": str(plot),
+            "seconds": time.perf_counter() - t0}
 
 
 def data_config_for(tokenizer: Tokenizer, ckpt_config: dict, data: str = "", root: str = "",

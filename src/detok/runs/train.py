@@ -16,14 +16,15 @@ from torch.utils.data import Subset
 
 from detok.config import save_yaml, to_dict
 from detok.data import build_dataset, collate
-from detok.engine.tasks import GeneratorTask, TokenizerTask
+from detok.engine.tasks import DDTTask, GeneratorTask, TokenizerTask
 from detok.engine.trainer import Hook, Trainer
 from detok.generators.load import build_generator
 from detok.generators.sampling import grid_labels, sample_images
 from detok.io import Checkpoint, find_checkpoint, write_json
 from detok.losses.tokenizer_loss import TokenizerLoss
-from detok.runs.config import GeneratorRunConfig, TokenizerRunConfig, check_generator_name
+from detok.runs.config import DDTRunConfig, GeneratorRunConfig, TokenizerRunConfig, check_generator_name
 from detok.tokenizers.base import Tokenizer
+from detok.tokenizers.ddt import DDT
 from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache, latent_stats
 from detok.tokenizers.load import load_tokenizer
@@ -65,12 +66,16 @@ def check_resume(run_dir: Path, kind: str, model: str, section: str = "", wanted
     ckpt.training_state()  # a CheckpointError naming state.pt if it is not plain tensors
 
 
-def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
+def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig, resume: bool = False,
+                    recon_images: int = 256) -> dict[str, Any]:
     """Train l-DeTok, compute latent statistics (EMA weights), save, reconstruct held-out images.
 
     Returns the summary (also RUN/summary.json): steps, seconds, throughput, final losses, and the
-    reconstruction PSNR / SSIM of `recon_images` validation images with the EMA weights.
+    reconstruction PSNR / SSIM of `recon_images` validation images with the EMA weights. A `DDTRunConfig`
+    trains a DDT tokenizer instead (`train_ddt`).
     """
+    if isinstance(cfg, DDTRunConfig):
+        return train_ddt(cfg, resume=resume, recon_images=recon_images)
     from detok.runs.probe import GenerationProbe
     from detok.runs.reconstruct import reconstruct
 
@@ -112,8 +117,44 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, recon_images:
     return summary
 
 
+def train_ddt(cfg: DDTRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
+    """Train a DDT tokenizer on the one engine; reconstruct held-out images from truncated token prefixes.
+
+    The summary's "reconstruction" holds PSNR / SSIM from the full K tokens and `psnr_by_tokens` for the
+    first j AR-order tokens, j in {0, K/8, K/4, K/2, K} (EMA weights), with the prefix grid and plot.
+    """
+    from detok.runs.reconstruct import reconstruct
+
+    run_dir = Path(cfg.train.out_dir)
+    if resume:
+        check_resume(run_dir, "tokenizer", cfg.model, "tokenizer", to_dict(cfg)["tokenizer"])
+    torch.manual_seed(cfg.train.seed)
+    model = DDT(cfg.tokenizer)
+    data_cfg = cfg.data
+    data_cfg.image_size = cfg.tokenizer.image_size
+    train_set = build_dataset(data_cfg, "train")
+    task = DDTTask(model, hflip=data_cfg.hflip, usage_every=cfg.usage_every)
+    trainer = Trainer(task, cfg.train, cfg.optim, kind="tokenizer", config=to_dict(cfg), collate=collate,
+                      num_workers=data_cfg.num_workers)
+    if trainer.info.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+    summary = trainer.fit(train_set, resume=resume)
+    summary["run_dir"] = str(run_dir)
+    if trainer.info.is_main and recon_images:
+        tok = load_tokenizer(run_dir)
+        val = build_dataset(data_cfg, "val")
+        rec = reconstruct(tok, val, run_dir, trainer.device, recon_images, progress=cfg.train.progress)
+        summary["reconstruction"] = {**rec, "weights": "ema"}
+        summary["codebook"] = tok.usage(tok.tokenize(torch.stack([val[i]["image"] for i in range(
+            min(len(val), recon_images))]).to(trainer.device)))
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
 def has_latent_stats(tok: Tokenizer) -> bool:
-    """False for a tokenizer still at the identity normalisation (mean 0, std 1)."""
+    """False for a tokenizer still at the identity normalisation (mean 0, std 1); discrete ids need none."""
+    if getattr(tok, "discrete", False):
+        return True
     return not (bool((tok.latent_std == 1).all()) and bool((tok.latent_mean == 0).all()))
 
 
@@ -147,9 +188,14 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
         if 0 < images < len(dataset):
             dataset = Subset(dataset, range(images))
     torch.manual_seed(cfg.train.seed)
-    gen = build_generator(cfg.model, tok.latent_shape, num_classes, cfg.generator)
+    check_token_kind(cfg.model, tok)
+    overrides = dict(cfg.generator)
+    if getattr(tok, "discrete", False):
+        overrides["codebook_size"] = tok.codebook_size
+    gen = build_generator(cfg.model, tok.latent_shape, num_classes, overrides)
     task = GeneratorTask(gen, tok, use_cache=bool(cfg.cache), hflip=cfg.data.hflip)
     config = {**to_dict(cfg), "latent_shape": list(tok.latent_shape), "num_classes": num_classes}
+    config["generator"] = overrides
     trainer = Trainer(task, cfg.train, cfg.optim, kind="generator", config=config, collate=collate_fn,
                       num_workers=workers)
     if trainer.info.is_main:
@@ -171,6 +217,17 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
                               "steps": cfg.sample.steps or "default", "weights": "ema", "rows": "one class per row"}
         write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def check_token_kind(model: str, tok) -> None:
+    """A ValueError unless the generator family and the tokenizer agree on discrete ids vs continuous latents."""
+    from detok import registry
+
+    wants = registry.family_of("generator", model).extra.get("tokens", "continuous")
+    has = "discrete" if getattr(tok, "discrete", False) else "continuous"
+    if wants != has:
+        raise ValueError(f"generator {model} models {wants} tokens but the tokenizer gives {has} ones "
+                         f"({'ddt_ar needs a DDT tokenizer' if wants == 'discrete' else 'pick a ddt_ar generator'})")
 
 
 def class_names(data_name: str) -> list[str] | None:

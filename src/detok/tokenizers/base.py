@@ -86,10 +86,70 @@ class Tokenizer(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the weights (not the latent stats): names a latent space, for cache checks."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
-            if name in ("latent_mean", "latent_std"):
-                continue
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_fingerprint(self, skip=("latent_mean", "latent_std"))
+
+
+def weights_fingerprint(module: nn.Module, skip: tuple[str, ...] = ()) -> str:
+    """sha256 (16 hex) of a module's state dict (entries named in `skip` left out)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if name in skip:
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class DiscreteTokenizer(nn.Module):
+    """Base of discrete tokenizers: images <-> K token ids in [0, codebook_size), in AR order (coarse first).
+
+    The generator-facing interface mirrors `Tokenizer`: `latent_shape` is (K,), `encode` gives ids (B, K)
+    long, `decode(ids, rng=)` images, and `normalize` / `denormalize` are the identity (ids need no
+    statistics). `discrete` lets the engine and samplers tell the two kinds apart.
+    """
+
+    discrete = True
+    num_tokens: int
+    codebook_size: int
+
+    @property
+    def latent_shape(self) -> tuple[int]:
+        """(K,): one image's token ids."""
+        return (self.num_tokens,)
+
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> ids (B, K) long in AR order."""
+        raise NotImplementedError
+
+    def detokenize(self, ids: torch.Tensor, rng: torch.Generator | None = None, **options) -> torch.Tensor:
+        """Ids (B, K) in AR order -> images (B, 3, H, W) in about [-1, 1]."""
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor, sample: bool = False, rng: torch.Generator | None = None):
+        """`tokenize` (quantization is deterministic: `sample` and `rng` do not apply)."""
+        del sample, rng
+        return self.tokenize(images)
+
+    def decode(self, ids: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        return self.detokenize(ids, rng=rng)
+
+    def normalize(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+    def denormalize(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """A ValueError naming the problem unless ids is (B, K) integer with values in [0, codebook_size)."""
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.ndim != 2 or ids.shape[1] != self.num_tokens:
+            raise ValueError(f"token ids must have shape (B, {self.num_tokens}) (K = {self.num_tokens}), "
+                             f"got {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}) (the codebook size), got "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) of the weights: names a token space, for cache checks."""
+        return weights_fingerprint(self)

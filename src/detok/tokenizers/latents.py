@@ -148,7 +148,9 @@ def write_cache(
     rank, world = dist.rank_world()
     if rank == 0:  # an old cache here: its meta would describe shards this run overwrites, even if it stops
         (out / "meta.json").unlink(missing_ok=True)
-    buf: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "index": []}
+    discrete = bool(getattr(tokenizer, "discrete", False))
+    keys = ("ids", "ids_flip") if discrete else ("moments", "moments_flip")
+    buf: dict[str, list[torch.Tensor]] = {keys[0]: [], keys[1]: [], "labels": [], "index": []}
     shards, count, k = [], 0, 0
     skipped: set[str] = set()
 
@@ -171,8 +173,12 @@ def write_cache(
         if not own.any():
             continue
         x = batch["image"][own].to(device)  # (B', 3, H, W): the items that are their own file
-        buf["moments"].append(tokenizer.encode_moments(x).float().cpu())  # (B', 2C, h, w)
-        buf["moments_flip"].append(tokenizer.encode_moments(x.flip(-1)).float().cpu())
+        if discrete:  # token ids (B', K) in AR order, int32 on disk
+            buf["ids"].append(tokenizer.tokenize(x).int().cpu())
+            buf["ids_flip"].append(tokenizer.tokenize(x.flip(-1)).int().cpu())
+        else:
+            buf["moments"].append(tokenizer.encode_moments(x).float().cpu())  # (B', 2C, h, w)
+            buf["moments_flip"].append(tokenizer.encode_moments(x.flip(-1)).float().cpu())
         buf["labels"].append(torch.as_tensor(batch["label"]).long()[own])
         buf["index"].append(torch.as_tensor(batch["index"]).long()[own])
         count += x.shape[0]
@@ -185,12 +191,15 @@ def write_cache(
     meta = {
         "format": CACHE_FORMAT,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "latent_mean": tokenizer.latent_mean.tolist(),
-        "latent_std": tokenizer.latent_std.tolist(),
         "latent_shape": list(tokenizer.latent_shape),
         "num_classes": int(getattr(dataset, "num_classes", 0) or getattr(getattr(dataset, "dataset", None), "num_classes", 0)),  # noqa: E501  (a Subset: its parent's)
         "source": source,
     }
+    if discrete:
+        meta.update(tokens="discrete", num_tokens=tokenizer.num_tokens, codebook_size=tokenizer.codebook_size,
+                    order="ar")
+    else:
+        meta.update(latent_mean=tokenizer.latent_mean.tolist(), latent_std=tokenizer.latent_std.tolist())
     if rank == 0:
         # this run's ranks only: a folder reused from a run with more ranks may hold stale parts
         parts = [json.loads((out / f"shards-r{r:03d}.json").read_text()) for r in range(world)]
@@ -244,16 +253,22 @@ class LatentCache(Dataset):
     def num_classes(self) -> int:
         return int(self.meta.get("num_classes") or int(self.data["labels"].max()) + 1)
 
+    @property
+    def discrete(self) -> bool:
+        """True for a cache of token ids (a DDT tokenizer's), False for posterior moments."""
+        return self.meta.get("tokens") == "discrete"
+
     def __getitem__(self, i: int) -> dict[str, Any]:
+        keys = ("ids", "ids_flip") if self.discrete else ("moments", "moments_flip")
         return {
-            "moments": self.data["moments"][i],
-            "moments_flip": self.data["moments_flip"][i],
+            **{k: self.data[k][i].long() if self.discrete else self.data[k][i] for k in keys},
             "label": int(self.data["labels"][i]),
             "index": int(self.data["index"][i]),
         }
 
-    def check(self, tokenizer: Tokenizer) -> None:
-        """Raise CacheMismatch unless the cache was made by this tokenizer with these latent statistics."""
+    def check(self, tokenizer) -> None:
+        """Raise CacheMismatch unless the cache was made by this tokenizer with these latent statistics (or,
+        for token ids, this tokenizer with this K and codebook size)."""
         fp = tokenizer.fingerprint()
         if self.meta["tokenizer_fingerprint"] != fp:
             raise CacheMismatch(
@@ -261,6 +276,15 @@ class LatentCache(Dataset):
                 f"({self.meta['source'].get('tokenizer', '?')}), not by the tokenizer in use ({fp}); "
                 "re-run `detok encode` with this tokenizer"
             )
+        if self.discrete != bool(getattr(tokenizer, "discrete", False)):
+            raise CacheMismatch(f"cache {self.path} holds {'token ids' if self.discrete else 'latents'}; the "
+                                "tokenizer in use gives the other kind")
+        if self.discrete:
+            for key in ("num_tokens", "codebook_size"):
+                if int(self.meta[key]) != int(getattr(tokenizer, key)):
+                    raise CacheMismatch(f"token cache {self.path} has {key} {self.meta[key]}, the tokenizer in use "
+                                        f"{getattr(tokenizer, key)}; re-run `detok encode`")
+            return
         for key, mine in (("latent_mean", tokenizer.latent_mean), ("latent_std", tokenizer.latent_std)):
             if not torch.allclose(torch.tensor(self.meta[key]), mine.float().cpu(), rtol=1e-5, atol=1e-6):
                 raise CacheMismatch(

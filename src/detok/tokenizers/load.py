@@ -8,7 +8,9 @@ from pathlib import Path
 
 from detok.config import from_dict
 from detok.io import Checkpoint, read_tensors
-from detok.tokenizers.base import Tokenizer
+from detok.tokenizers.base import DiscreteTokenizer, Tokenizer
+from detok.tokenizers.ddt import DDT, DDTConfig
+from detok.tokenizers.ddt import PRESETS as DDT_PRESETS
 from detok.tokenizers.detok import DeTok, DetokConfig
 from detok.tokenizers.external import (
     DiffusersTokenizer,
@@ -51,7 +53,8 @@ def load_external(kind: str, path: str | Path, image_size: int | None = None) ->
     raise KeyError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(SPEC_KINDS)}")
 
 
-def load_tokenizer(path: str | Path, use_ema: bool = True, image_size: int | None = None) -> Tokenizer:
+def load_tokenizer(path: str | Path, use_ema: bool = True,
+                   image_size: int | None = None) -> Tokenizer | DiscreteTokenizer:
     """A tokenizer in eval mode with its latent statistics; EMA weights unless `use_ema=False`.
 
     `path` is one of:
@@ -60,7 +63,8 @@ def load_tokenizer(path: str | Path, use_ema: bool = True, image_size: int | Non
     - an upstream l-DeTok `.pth` file (converted on the fly; run `detok convert` once to keep its
       statistics), or MAR's `kl16.ckpt` (recognised by its keys);
     - a diffusers AutoencoderKL folder (`config.json` naming AutoencoderKL + weights);
-    - a spec `mar_kl16:/path/kl16.ckpt`, `sd_vae:/path/folder` or `diffusers:/path/folder`.
+    - a spec `mar_kl16:/path/kl16.ckpt`, `sd_vae:/path/folder` or `diffusers:/path/folder`;
+    - a DDT tokenizer run (a `DiscreteTokenizer`: ids instead of latents).
     Outside autoencoders start with their conventional scale as statistics (MAR 0.2325, SD 0.18215)
     and `image_size` 256 unless given; `use_ema` does not apply to them.
     """
@@ -78,7 +82,9 @@ def load_tokenizer(path: str | Path, use_ema: bool = True, image_size: int | Non
     ckpt = Checkpoint(p)
     if ckpt.kind != "tokenizer":
         raise ValueError(f"{ckpt.path} is a {ckpt.kind} checkpoint, not a tokenizer")
-    if ckpt.config.get("external"):
+    if ckpt.config.get("model") in DDT_PRESETS:
+        model = DDT(from_dict(DDTConfig, ckpt.config.get("tokenizer", {}), prefix="tokenizer."))
+    elif ckpt.config.get("external"):
         model = external_from_config(ckpt.config["external"], ckpt.config.get("tokenizer", {}))
     else:
         cfg = from_dict(DetokConfig, ckpt.config.get("tokenizer", {}), prefix="tokenizer.")
