@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
         epilog=(
             "Each TOKENIZER is a detok run / checkpoint folder, an upstream .pth, or an external autoencoder\n"
             "(e.g. sd_vae:/path/to/diffusers-folder, mar_kl16:/path/kl16.ckpt; these need --data).\n"
+            "A discrete tokenizer (a DDT run) is a row too: ddt_ar trains on its token ids. A pairing of a family\n"
+            "with the other kind of tokens is skipped and marked n/a (discrete tokens / continuous latents).\n"
             "Rows accumulate in OUT/table.{json,md,png}; finished cells are skipped, unfinished ones resume.\n"
             "Generator recipes: each family's small CPU recipe (registry; configs/quickstart_<family>.yaml);\n"
             "evaluation: configs/eval_small.yaml for shapes / fashion-mnist (domain-classifier FID), the\n"
@@ -64,6 +66,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
     from detok import dist
+    from detok.eval.table import cell_text
     from detok.runs.bench import bench_tokenizers
 
     summary = bench_tokenizers(
@@ -75,7 +78,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if dist.rank_world()[0] == 0:
         print(Path(summary["table"]["md"]).read_text())
         print_summary("detok bench tokenizer", {
-            "cells": {f"{c['tokenizer_name']} x {c['generator']}": f"FID {c['fid']:.3f} (cfg {c['cfg']:g})"
-                      for c in summary["cells"]},
+            "cells": {f"{c['tokenizer_name']} x {c['generator']}": cell_text(c) for c in summary["cells"]},
             "table": summary["table"], "seconds": summary["seconds"]})
     return summary

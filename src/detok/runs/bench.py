@@ -5,9 +5,17 @@ For each tokenizer, its latent cache is written once; each generator family then
 the evaluation protocol. A bench folder holds one sub-folder per tokenizer and per cell; finished cells are
 skipped and unfinished ones resume from their last checkpoint, so a bench can be stopped and continued:
 
-    OUT/<tokenizer>/latents/            latent cache (posterior moments, image + flip)
+    OUT/<tokenizer>/latents/            latent cache (posterior moments, image + flip; a discrete tokenizer's
+                                        token ids, image + flip)
     OUT/<tokenizer>/<generator>/        generator run (checkpoints, samples.png, metrics.json, cell.json)
+    OUT/<tokenizer>/<generator>/na.json a pairing that cannot run (see below)
     OUT/table.{json,md,png}             every finished cell of OUT (detok.eval.table)
+
+A discrete tokenizer (DDT: K ids per image) is a row like any other: its cache holds token ids (no latent
+statistics), and the families that model ids (`ddt_ar`, registry extra tokens=discrete) train on it. A family
+that models the other kind of tokens (a continuous generator on token ids, ddt_ar on continuous latents) cannot
+be trained on that row: the bench loops over every pairing, so such a cell is skipped, not an error, with one
+log line and an "n/a (discrete tokens)" / "n/a (continuous latents)" mark in the table.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from detok import dist
+from detok import dist, registry
 from detok.config import from_dict, option, resolve
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
@@ -34,7 +42,16 @@ from detok.eval.protocol import (
     evaluate_generator_run,
     tokenizer_data_config,
 )
-from detok.eval.table import CELL_FILE, summarize, write_table
+from detok.eval.table import (
+    CELL_FILE,
+    NA_FILE,
+    TOKEN_KINDS,
+    cell_text,
+    latents_of,
+    na_mark,
+    summarize,
+    write_table,
+)
 from detok.io import write_json
 from detok.runs.config import generator_config, generator_families
 from detok.runs.train import has_latent_stats, train_generator
@@ -65,28 +82,46 @@ def row_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def token_kind(tok: Tokenizer) -> str:
+    """"discrete" for a tokenizer of token ids, "continuous" for one of latents."""
+    return "discrete" if getattr(tok, "discrete", False) else "continuous"
+
+
+def family_tokens(generator: str) -> str:
+    """What a generator family models: "discrete" token ids or "continuous" latents (registry extra "tokens")."""
+    return str(registry.family("generator", generator).extra.get("tokens", "continuous"))
+
+
+def applicable(generator: str, tok: Tokenizer) -> bool:
+    """True if the generator family models the kind of tokens the tokenizer gives."""
+    return family_tokens(generator) == token_kind(tok)
+
+
 def prepare_latents(
     tok: Tokenizer, tok_spec: str, data_cfg: DataConfig, out: Path, device: torch.device, progress: bool = True,
     max_images: int = 0,
 ) -> Path:
     """The tokenizer's latent cache of the train split (its first max_images, 0 = all) under OUT.
 
-    Reused when it matches the tokenizer and the data. A tokenizer without latent statistics gets them first.
+    Reused when it matches the tokenizer and the data. A continuous tokenizer without latent statistics gets them
+    first; a discrete one's cache holds its token ids (no statistics: ids are not normalised).
     """
     cache = out / "latents"
+    discrete = token_kind(tok) == "discrete"
     key = data_key(data_cfg, "train", max_images)
     if (cache / "meta.json").is_file():
         found = LatentCache(cache)
         try:
             found.check(tok)
         except CacheMismatch as e:
-            raise CacheMismatch(f"{cache} was written by another tokenizer or stats ({e}); remove it") from e
+            other = "another tokenizer (or K / codebook size)" if discrete else "another tokenizer or stats"
+            raise CacheMismatch(f"{cache} was written by {other} ({e}); remove it") from e
         if found.meta.get("source", {}).get("data_key") != key:
             raise CacheMismatch(f"{cache} holds latents of other data ({found.meta.get('source')}); remove it "
                                 f"or choose another --out")
         return cache
     train = build_dataset(data_cfg, "train")
-    if not has_latent_stats(tok):
+    if not discrete and not has_latent_stats(tok):
         mean, std = latent_stats(tok, train, device, collate=collate, progress=progress)
         tok.set_stats(mean.to(tok.latent_mean.device), std.to(tok.latent_std.device))
     if 0 < max_images < len(train):
@@ -97,11 +132,33 @@ def prepare_latents(
     return cache
 
 
+def skip_cell(tok: Tokenizer, tok_spec: str, generator: str, cell_dir: Path, row: str = "") -> dict[str, Any]:
+    """The n/a mark of a pairing that cannot run (written to cell_dir/na.json, logged in one line)."""
+    has = token_kind(tok)
+    mark = {"tokenizer_name": row or cell_dir.parent.name, "tokenizer": tok_spec, "generator": generator,
+            "status": "n/a", "reason": na_mark(has), "latents": latents_of(tok),
+            "why": f"{generator} models {TOKEN_KINDS[family_tokens(generator)]}, the tokenizer gives "
+                   f"{TOKEN_KINDS[has]}"}
+    if dist.rank_world()[0] == 0:
+        log.warning("[detok bench] %s x %s: %s, skipped: %s", mark["tokenizer_name"], generator, mark["reason"],
+                    mark["why"])
+        write_json(cell_dir / NA_FILE, mark)
+    return mark
+
+
 def run_cell(
-    tok: Tokenizer, tok_spec: str, cache: Path, generator: str, cell_dir: Path, bench: BenchConfig,
+    tok: Tokenizer, tok_spec: str, cache: Path | None, generator: str, cell_dir: Path, bench: BenchConfig,
     data_cfg: DataConfig, row: str = "",
 ) -> dict[str, Any]:
-    """Train (or resume) one generator family on the cached latents, evaluate it, write cell.json; skip if done."""
+    """Train (or resume) one generator family on the cached latents, evaluate it, write cell.json; skip if done.
+
+    A family that models the other kind of tokens (discrete ids vs continuous latents) is not trained: the cell is
+    the n/a mark of `skip_cell` ({"status": "n/a", "reason", ...}; `cache` may then be None).
+    """
+    if not applicable(generator, tok):
+        return skip_cell(tok, tok_spec, generator, cell_dir, row)
+    if cache is None:
+        raise ValueError(f"bench cell {cell_dir} needs the tokenizer's latent cache")
     done = cell_dir / CELL_FILE
     if done.is_file():
         log.info("[detok bench] %s: done, skipped", cell_dir)
@@ -132,9 +189,11 @@ def run_cell(
         "eval_seconds": eval_s,
         "parameters_m": train["parameters_m"],
         "final_loss": train["final"].get("loss"),
+        "latents": latents_of(tok),
         **summarize(metrics),
     }
     write_json(done, cell)
+    (cell_dir / NA_FILE).unlink(missing_ok=True)  # a stale mark of a former row of this name
     return cell
 
 
@@ -146,7 +205,8 @@ def bench_tokenizers(
 ) -> dict[str, Any]:
     """`detok bench tokenizer`: every (tokenizer, generator family) cell under one budget, then the table.
 
-    Returns {"cells": [cell dicts], "table": {"json", "md", "png": paths}, "seconds"}.
+    Returns {"cells": [cell dicts], "table": {"json", "md", "png": paths}, "seconds"}; a pairing that cannot run
+    (discrete ids vs continuous latents) is a cell {"status": "n/a", "reason", ...} without scores.
     """
     gens = generator_families(generators) if isinstance(generators, str) else generator_families(",".join(generators))
     if names and len(names) != len(tokenizers):
@@ -170,12 +230,14 @@ def bench_tokenizers(
             ecfg = resolve(EvalConfig, presets, list(eval_overrides or []))
             bench = BenchConfig(generators=gens, steps=budget, batch_size=batch_size, seed=seed,
                                 cache_images=cache_images, overrides=list(generator_overrides or []), eval=ecfg)
-            cache = prepare_latents(tok, spec, data_cfg, out / name, info.device, progress=info.is_main,
-                                    max_images=bench.cache_images)
+            cache = None  # no cache for a row none of whose generators can model its tokens
+            if any(applicable(g, tok) for g in gens):
+                cache = prepare_latents(tok, spec, data_cfg, out / name, info.device, progress=info.is_main,
+                                        max_images=bench.cache_images)
             for g in gens:
                 cell = run_cell(tok, spec, cache, g, out / name / g, bench, data_cfg, row=name)
                 cells.append(cell)
-                if info.is_main:
+                if info.is_main and cell.get("status") != "n/a":
                     print(f"[detok bench] {name} x {g}: FID {cell['fid']:.3f} at cfg {cell['cfg']:g} "
                           f"({cell['feature_net']}, {cell['n']} samples)", flush=True)
         files = write_table(out) if info.is_main else {}
@@ -184,5 +246,5 @@ def bench_tokenizers(
     summary = {"cells": cells, "table": {k: str(v) for k, v in files.items()}, "seconds": time.perf_counter() - t0}
     if info.is_main:
         write_json(out / "bench_last.json", {**summary, "cells": {
-            f"{c['tokenizer_name']} x {c['generator']}": f"FID {c['fid']:.3f} (cfg {c['cfg']:g})" for c in cells}})
+            f"{c['tokenizer_name']} x {c['generator']}": cell_text(c) for c in cells}})
     return summary

@@ -169,9 +169,13 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
     if not cfg.tokenizer:
         raise ValueError("train generator needs tokenizer=RUN_OR_CHECKPOINT (the tokenizer whose latents it models)")
     run_dir = Path(cfg.train.out_dir)
-    if resume:
-        check_resume(run_dir, "generator", cfg.model, "generator", dict(cfg.generator))
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    check_token_kind(cfg.model, tok)
+    overrides = dict(cfg.generator)
+    if getattr(tok, "discrete", False):  # the vocabulary comes from the tokenizer (and is saved with the run)
+        overrides["codebook_size"] = tok.codebook_size
+    if resume:
+        check_resume(run_dir, "generator", cfg.model, "generator", overrides)
     if not has_latent_stats(tok):
         raise ValueError(
             f"tokenizer {cfg.tokenizer} has no latent statistics; compute them with "
@@ -188,10 +192,6 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
         if 0 < images < len(dataset):
             dataset = Subset(dataset, range(images))
     torch.manual_seed(cfg.train.seed)
-    check_token_kind(cfg.model, tok)
-    overrides = dict(cfg.generator)
-    if getattr(tok, "discrete", False):
-        overrides["codebook_size"] = tok.codebook_size
     gen = build_generator(cfg.model, tok.latent_shape, num_classes, overrides)
     task = GeneratorTask(gen, tok, use_cache=bool(cfg.cache), hflip=cfg.data.hflip)
     config = {**to_dict(cfg), "latent_shape": list(tok.latent_shape), "num_classes": num_classes}
