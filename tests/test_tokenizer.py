@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from detok.nn.rope import apply_rope, rope_angles
-from detok.registry import build, names
+from detok.registry import build, family_of, names
 from detok.tokenizers import DeTok, DiagonalGaussian, detok_config
 from detok.tokenizers.upstream import convert_state_dict, load_upstream_tokenizer
 
-TINY = [n for n in names("tokenizer") if n.endswith("_tiny")]
+# l-DeTok's tiny presets (the discrete-token families have their own tests: test_ddt.py, test_spatial_vq.py)
+TINY = [n for n in names("tokenizer")
+        if n.endswith("_tiny") and family_of("tokenizer", n).extra.get("tokens", "continuous") == "continuous"]
 
 
 def _images(b: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:

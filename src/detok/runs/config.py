@@ -7,7 +7,7 @@ checked against the registry before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from detok import registry
@@ -27,6 +27,8 @@ from detok.losses.tokenizer_loss import TokenizerLossConfig
 from detok.tokenizers.ddt import PRESETS as DDT_PRESETS
 from detok.tokenizers.ddt import DDTConfig, ddt_config
 from detok.tokenizers.detok import PRESETS, DetokConfig
+from detok.tokenizers.spatial_vq import PRESETS as VQ_PRESETS
+from detok.tokenizers.spatial_vq import SpatialVQConfig, spatial_vq_config
 
 
 @dataclass
@@ -83,6 +85,24 @@ class DDTRunConfig:
                               min=0)
 
 
+def _vq_train() -> TrainConfig:
+    return TrainConfig(out_dir="runs/vqvit", global_batch_size=256, epochs=100.0, ema_decay=0.999)
+
+
+@dataclass
+class SpatialVQRunConfig:
+    """`detok train tokenizer --model vqvit_*`: the spatial VQ baseline, trained on DDT's recipe (see
+    detok.tokenizers.spatial_vq); a DDT recipe's DDT-only tokenizer fields are left out of its YAML presets."""
+
+    model: str = option("vqvit_mini", "vqvit preset the `tokenizer` section started from")
+    tokenizer: SpatialVQConfig = option(factory=SpatialVQConfig)
+    data: DataConfig = option(factory=DataConfig)
+    optim: OptimConfig = option(factory=_ddt_optim)
+    train: TrainConfig = option(factory=_vq_train)
+    usage_every: int = option(50, "log codebook usage (perplexity, used fraction, dead codes) every this many steps",
+                              min=0)
+
+
 @dataclass
 class SampleConfig:
     """Sampling settings of the end-of-training grid (and the defaults of `detok sample`)."""
@@ -126,16 +146,16 @@ def _apply(data: dict[str, Any], presets: list[str], overrides: list[str]) -> di
 
 
 def tokenizer_config(model: str | None = None, presets: list[str] | None = None,
-                     overrides: list[str] | None = None) -> TokenizerRunConfig | DDTRunConfig:
+                     overrides: list[str] | None = None) -> TokenizerRunConfig | DDTRunConfig | SpatialVQRunConfig:
     """Defaults, then the tokenizer preset `model`, then YAML presets, then `key=value` overrides."""
     from_yaml: dict[str, Any] = {}
     for preset in presets or []:
         deep_update(from_yaml, load_yaml(preset))
     name = registry.canonical("tokenizer", model or from_yaml.get("model") or TokenizerRunConfig.model)
-    if name in DDT_PRESETS:
+    if name in DDT_PRESETS or name in VQ_PRESETS:
         return ddt_run_config(name, from_yaml, overrides)
     if name not in PRESETS:
-        trainable = [n for n in registry.names("tokenizer") if n in PRESETS or n in DDT_PRESETS]
+        trainable = [n for n in registry.names("tokenizer") if n in PRESETS or n in DDT_PRESETS or n in VQ_PRESETS]
         raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(trainable)}")
     data: dict[str, Any] = to_dict(TokenizerRunConfig())
     deep_update(data["tokenizer"], dict(PRESETS[name]))
@@ -144,13 +164,26 @@ def tokenizer_config(model: str | None = None, presets: list[str] | None = None,
     return from_dict(TokenizerRunConfig, _apply(data, [], list(overrides or [])))
 
 
-def ddt_run_config(name: str, from_yaml: dict[str, Any], overrides: list[str] | None) -> DDTRunConfig:
-    """A DDT tokenizer run: defaults, the preset `name`, YAML presets (`from_yaml`), then overrides."""
-    data: dict[str, Any] = to_dict(DDTRunConfig())
-    data["tokenizer"] = to_dict(ddt_config(name))
+def ddt_run_config(name: str, from_yaml: dict[str, Any],
+                   overrides: list[str] | None) -> DDTRunConfig | SpatialVQRunConfig:
+    """A discrete tokenizer run (DDT, or the spatial VQ baseline `vqvit_*`): defaults, the preset `name`, YAML
+    presets (`from_yaml`), then overrides.
+
+    The baseline trains on DDT's recipes (quickstart_ddt), so the tokenizer fields of a YAML preset that only DDT
+    has (token schedule, decoding) are left out for it; the same fields given as overrides are still errors.
+    """
+    if name in VQ_PRESETS:
+        run_cls, section = SpatialVQRunConfig, to_dict(spatial_vq_config(name))
+        from_yaml = dict(from_yaml)
+        ddt_only = {f.name for f in fields(DDTConfig)} - {f.name for f in fields(SpatialVQConfig)}
+        from_yaml["tokenizer"] = {k: v for k, v in (from_yaml.get("tokenizer") or {}).items() if k not in ddt_only}
+    else:
+        run_cls, section = DDTRunConfig, to_dict(ddt_config(name))
+    data: dict[str, Any] = to_dict(run_cls())
+    data["tokenizer"] = section
     deep_update(data, from_yaml)
     data["model"] = name
-    return from_dict(DDTRunConfig, _apply(data, [], list(overrides or [])))
+    return from_dict(run_cls, _apply(data, [], list(overrides or [])))
 
 
 def generator_recipe(family_name: str) -> dict[str, Any]:

@@ -52,8 +52,10 @@ def reconstruct(
 
     Beside each reconstruction: the bicubic baseline with as many numbers per image as the latent
     (`bicubic_baseline`), its PSNR / SSIM under "bicubic" and on the grid's third row of each block.
+    A discrete tokenizer whose ids have a prefix order (DDT; any that does not set `prefix_order = False`) gets
+    the prefix curve (`reconstruct_prefixes`); one without (the spatial VQ baseline) decodes its ids here.
     """
-    if getattr(tokenizer, "discrete", False):
+    if getattr(tokenizer, "discrete", False) and getattr(tokenizer, "prefix_order", True):
         return reconstruct_prefixes(tokenizer, dataset, out_dir, device, n, batch_size, progress)
     tokenizer.eval().to(device)
     n = min(n, len(dataset)) if n > 0 else len(dataset)

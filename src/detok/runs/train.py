@@ -22,12 +22,19 @@ from detok.generators.load import build_generator
 from detok.generators.sampling import grid_labels, sample_images
 from detok.io import Checkpoint, find_checkpoint, write_json
 from detok.losses.tokenizer_loss import TokenizerLoss
-from detok.runs.config import DDTRunConfig, GeneratorRunConfig, TokenizerRunConfig, check_generator_name
+from detok.runs.config import (
+    DDTRunConfig,
+    GeneratorRunConfig,
+    SpatialVQRunConfig,
+    TokenizerRunConfig,
+    check_generator_name,
+)
 from detok.tokenizers.base import Tokenizer
 from detok.tokenizers.ddt import DDT
 from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache, latent_stats
 from detok.tokenizers.load import load_tokenizer
+from detok.tokenizers.spatial_vq import SpatialVQ
 
 
 class LatentStatsHook(Hook):
@@ -66,15 +73,15 @@ def check_resume(run_dir: Path, kind: str, model: str, section: str = "", wanted
     ckpt.training_state()  # a CheckpointError naming state.pt if it is not plain tensors
 
 
-def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig, resume: bool = False,
+def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig | SpatialVQRunConfig, resume: bool = False,
                     recon_images: int = 256) -> dict[str, Any]:
     """Train l-DeTok, compute latent statistics (EMA weights), save, reconstruct held-out images.
 
     Returns the summary (also RUN/summary.json): steps, seconds, throughput, final losses, and the
     reconstruction PSNR / SSIM of `recon_images` validation images with the EMA weights. A `DDTRunConfig`
-    trains a DDT tokenizer instead (`train_ddt`).
+    trains a DDT tokenizer instead, a `SpatialVQRunConfig` the spatial VQ baseline (`train_ddt`).
     """
-    if isinstance(cfg, DDTRunConfig):
+    if isinstance(cfg, (DDTRunConfig, SpatialVQRunConfig)):
         return train_ddt(cfg, resume=resume, recon_images=recon_images)
     from detok.runs.probe import GenerationProbe
     from detok.runs.reconstruct import reconstruct
@@ -117,11 +124,14 @@ def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig, resume: bool = False
     return summary
 
 
-def train_ddt(cfg: DDTRunConfig, resume: bool = False, recon_images: int = 256) -> dict[str, Any]:
-    """Train a DDT tokenizer on the one engine; reconstruct held-out images from truncated token prefixes.
+def train_ddt(cfg: DDTRunConfig | SpatialVQRunConfig, resume: bool = False,
+              recon_images: int = 256) -> dict[str, Any]:
+    """Train a discrete tokenizer (DDT, or the spatial VQ baseline) on the one engine; reconstruct held-out
+    images.
 
-    The summary's "reconstruction" holds PSNR / SSIM from the full K tokens and `psnr_by_tokens` for the
-    first j AR-order tokens, j in {0, K/8, K/4, K/2, K} (EMA weights), with the prefix grid and plot.
+    For DDT the summary's "reconstruction" holds PSNR / SSIM from the full K tokens and `psnr_by_tokens` for the
+    first j AR-order tokens, j in {0, K/8, K/4, K/2, K} (EMA weights), with the prefix grid and plot; the
+    baseline's raster ids have no prefix order, so it reports the full reconstruction only.
     """
     from detok.runs.reconstruct import reconstruct
 
@@ -129,7 +139,7 @@ def train_ddt(cfg: DDTRunConfig, resume: bool = False, recon_images: int = 256) 
     if resume:
         check_resume(run_dir, "tokenizer", cfg.model, "tokenizer", to_dict(cfg)["tokenizer"])
     torch.manual_seed(cfg.train.seed)
-    model = DDT(cfg.tokenizer)
+    model = SpatialVQ(cfg.tokenizer) if isinstance(cfg, SpatialVQRunConfig) else DDT(cfg.tokenizer)
     data_cfg = cfg.data
     data_cfg.image_size = cfg.tokenizer.image_size
     train_set = build_dataset(data_cfg, "train")

@@ -20,6 +20,8 @@ from detok.tokenizers.external import (
     kl16_from_checkpoint,
     load_kl16,
 )
+from detok.tokenizers.spatial_vq import PRESETS as VQ_PRESETS
+from detok.tokenizers.spatial_vq import SpatialVQ, SpatialVQConfig
 from detok.tokenizers.upstream import load_upstream_tokenizer
 
 # `KIND:PATH` spec prefixes for outside autoencoders (snake case, as registry names)
@@ -64,7 +66,7 @@ def load_tokenizer(path: str | Path, use_ema: bool = True,
       statistics), or MAR's `kl16.ckpt` (recognised by its keys);
     - a diffusers AutoencoderKL folder (`config.json` naming AutoencoderKL + weights);
     - a spec `mar_kl16:/path/kl16.ckpt`, `sd_vae:/path/folder` or `diffusers:/path/folder`;
-    - a DDT tokenizer run (a `DiscreteTokenizer`: ids instead of latents).
+    - a DDT tokenizer run or a spatial VQ (`vqvit_*`) run (a `DiscreteTokenizer`: ids instead of latents).
     Outside autoencoders start with their conventional scale as statistics (MAR 0.2325, SD 0.18215)
     and `image_size` 256 unless given; `use_ema` does not apply to them.
     """
@@ -84,6 +86,8 @@ def load_tokenizer(path: str | Path, use_ema: bool = True,
         raise ValueError(f"{ckpt.path} is a {ckpt.kind} checkpoint, not a tokenizer")
     if ckpt.config.get("model") in DDT_PRESETS:
         model = DDT(from_dict(DDTConfig, ckpt.config.get("tokenizer", {}), prefix="tokenizer."))
+    elif ckpt.config.get("model") in VQ_PRESETS:
+        model = SpatialVQ(from_dict(SpatialVQConfig, ckpt.config.get("tokenizer", {}), prefix="tokenizer."))
     elif ckpt.config.get("external"):
         model = external_from_config(ckpt.config["external"], ckpt.config.get("tokenizer", {}))
     else:
