@@ -12,13 +12,19 @@ from detok.cli.common import add_config_args, family_help, print_summary
 def add_parser(sub) -> None:
     from detok import registry
     from detok.runs.config import GeneratorRunConfig, TokenizerRunConfig
+    from detok.tokenizers.ddt import PRESETS as DDT_PRESETS
     from detok.tokenizers.detok import PRESETS
+    from detok.tokenizers.spatial_vq import PRESETS as VQ_PRESETS
 
     p = sub.add_parser("train", help="train a tokenizer or a generator")
     what = p.add_subparsers(dest="what", required=True)
-    t = what.add_parser("tokenizer", help="train l-DeTok (paper defaults: detok_bb, gamma 3, M 0.7, 200 epochs)")
+    t = what.add_parser("tokenizer", help="train l-DeTok (paper defaults: detok_bb, gamma 3, M 0.7, 200 epochs), "
+                        "a DDT tokenizer (ddt_*) or the spatial VQ baseline (vqvit_*)")
     t.add_argument("--model", default=None, metavar="NAME",
-                   help=f"tokenizer preset (default {TokenizerRunConfig.model}): {', '.join(sorted(PRESETS))}")
+                   help=f"tokenizer preset (default {TokenizerRunConfig.model}): {', '.join(sorted(PRESETS))}; "
+                        f"discrete tokens: {', '.join(sorted(DDT_PRESETS))}, {', '.join(sorted(VQ_PRESETS))} "
+                        "(their tokenizer.* keys are DDTConfig's / SpatialVQConfig's, e.g. tokenizer.num_tokens=64 "
+                        "tokenizer.schedule=piecewise tokenizer.quantizer.kind=fsq; recipe: --config quickstart_ddt)")
     t.add_argument("--out", default=None, help="run folder (= train.out_dir)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the run folder's latest checkpoint")
     add_config_args(t, TokenizerRunConfig, example="train.max_steps=1000 tokenizer.gamma=3.0")
