@@ -298,3 +298,21 @@ def test_quickstart_with_ddt_reports_the_prefix_curve_and_ddt_ar(tmp_path, monke
     meta = json.loads((tmp_path / "qs" / "ddt_tokens" / "meta.json").read_text())
     assert meta["tokens"] == "discrete" and meta["count"] == 64 and meta["num_tokens"] == 32
     assert json.loads((tmp_path / "qs" / "summary.json").read_text())["ddt"]["psnr"] == ddt["psnr"]
+
+
+def test_evaluate_reports_psnr_ssim_rfid_by_prefix_length(tmp_path, monkeypatch):
+    """`detok evaluate` on a DDT run: one entry per prefix length, the full-K one equal to the top level.
+    (A fixed projection stands in for the domain feature net, which has its own tests.)"""
+    from detok.eval import protocol
+    from detok.eval.protocol import EvalConfig, evaluate_tokenizer
+    from test_eval_protocol import FakeNet  # tests/ is on sys.path under pytest
+
+    monkeypatch.setattr(protocol, "feature_net_for", lambda *a, **k: FakeNet(classes=10))
+    cfg = _cfg(tmp_path, "run", steps=2)
+    train_tokenizer(cfg, recon_images=0)
+    tok = load_tokenizer(tmp_path / "run")
+    res = evaluate_tokenizer(tok, cfg.data, EvalConfig(recon_images=8, batch_size=4), progress=False)
+    assert list(res["by_tokens"]) == ["0", "2", "4", "8", "16"]
+    assert res["by_tokens"]["16"]["psnr"] == res["psnr"] and res["by_tokens"]["16"]["rfid"] == res["rfid"]
+    assert all(v["rfid"] >= 0 and v["psnr"] > 0 for v in res["by_tokens"].values())
+    assert "first j AR-order tokens" in res["recipe"]["encode"]

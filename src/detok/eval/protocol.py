@@ -349,7 +349,7 @@ def evaluate_tokenizer(
     loader = DataLoader(Subset(dataset, idx), batch_size=ecfg.batch_size, collate_fn=collate)
     discrete = bool(getattr(tok, "discrete", False))
     # a DDT tokenizer: every prefix length j of the prefix curve (j = K last: the full reconstruction)
-    js = prefix_lengths(tok.num_tokens) if discrete else [None]
+    js = prefix_lengths(tok.num_tokens) if discrete and tok.prefix_order else [None]
     real = GaussianStats(net.dim)
     fake = {j: GaussianStats(net.dim) for j in js}
     rec = {j: ReconMetrics(distributed=True) for j in js}
@@ -362,7 +362,8 @@ def evaluate_tokenizer(
         for j in js:
             if discrete:  # decoding noise seeded by the batch's first global index: the same for every j
                 g = torch.Generator(device=device).manual_seed(ecfg.seed * 1_000_003 + int(batch["index"][0]))
-                y = tok.detokenize(ids, rng=g, known=j).float().clamp(-1, 1)
+                known = {} if j is None else {"known": j}
+                y = tok.detokenize(ids, rng=g, **known).float().clamp(-1, 1)
             else:
                 y = tok.decode(tok.encode(x)).float().clamp(-1, 1)
             rec[j].update(x, y)
@@ -378,7 +379,7 @@ def evaluate_tokenizer(
         mu_f, sig_f, _ = fake[j].compute()
         by_j[j] = {**rec[j].compute(), "rfid": float(frechet_distance(mu_f, sig_f, mu_r, sig_r))}
     out = dict(by_j[js[-1]])
-    if discrete:
+    if js[0] is not None:
         out["by_tokens"] = {str(j): {k: v for k, v in m.items() if k != "n"} for j, m in by_j.items()}
     lp = dist.all_reduce_sum(lp_sum)
     out["lpips"] = float(lp[0] / lp[1]) if lp[1] > 0 else None

@@ -55,7 +55,7 @@ def reconstruct(
     A discrete tokenizer whose ids have a prefix order (DDT; any that does not set `prefix_order = False`) gets
     the prefix curve (`reconstruct_prefixes`); one without (the spatial VQ baseline) decodes its ids here.
     """
-    if getattr(tokenizer, "discrete", False) and getattr(tokenizer, "prefix_order", True):
+    if getattr(tokenizer, "discrete", False) and tokenizer.prefix_order:
         return reconstruct_prefixes(tokenizer, dataset, out_dir, device, n, batch_size, progress)
     tokenizer.eval().to(device)
     n = min(n, len(dataset)) if n > 0 else len(dataset)

@@ -111,6 +111,8 @@ class DiscreteTokenizer(nn.Module):
     discrete = True
     num_tokens: int
     codebook_size: int
+    token_order = "ar"  # the order `tokenize` returns: "ar" (coarse first, DDT) or "raster" (spatial VQ)
+    prefix_order = True  # a prefix of the ids is a coarse image (DDT); False for raster ids
 
     @property
     def latent_shape(self) -> tuple[int]:

@@ -197,7 +197,7 @@ def write_cache(
     }
     if discrete:
         meta.update(tokens="discrete", num_tokens=tokenizer.num_tokens, codebook_size=tokenizer.codebook_size,
-                    order="ar")
+                    order=getattr(tokenizer, "token_order", "ar"))
     else:
         meta.update(latent_mean=tokenizer.latent_mean.tolist(), latent_std=tokenizer.latent_std.tolist())
     if rank == 0:

@@ -103,6 +103,7 @@ class SpatialVQ(DiscreteTokenizer):
     """The spatial VQ tokenizer. `forward` is the training loss; `tokenize` / `detokenize` speak raster-order ids."""
 
     prefix_order = False  # raster ids: no prefix of them is a coarse image (DDT's AR ids are)
+    token_order = "raster"
 
     def __init__(self, cfg: SpatialVQConfig) -> None:
         super().__init__()
