@@ -45,6 +45,7 @@ from benchlib import (
     REPO,
     BenchError,
     Job,
+    TimedTrainStep,
     counter,
     fmt_range,
     machine_info,
@@ -144,7 +145,7 @@ def tokenizer_info(cfg: DDTRunConfig, model: DDT) -> dict[str, Any]:
 
 
 # -- training ------------------------------------------------------------------------------------------
-class DDTTrainBench:
+class DDTTrainBench(TimedTrainStep):
     """The engine's per-step work (Trainer._train_step minus data loading and logging) on a fixed random batch.
 
     step = DDTTask.step (h-flip, encoder, quantizer, noised decoder forward, loss), the finiteness check, then
@@ -170,32 +171,6 @@ class DDTTrainBench:
         self.ema = EMA(self.model, cfg.train.ema_decay)
         self.generator = torch.Generator()
         self.step_index = 0
-
-    def step(self, seed: int) -> dict[str, float]:
-        """One training step with the generator seeded by `seed`; its phase times (s)."""
-        t0 = time.perf_counter()
-        self.generator.manual_seed(seed)
-        losses, _ = self.task.step(self.batch, self.step_index, self.generator)
-        if not all(bool(torch.isfinite(v.detach()).all()) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at seed {seed}")
-        t1 = time.perf_counter()
-        t_bwd = t_opt = 0.0
-        for name, loss in losses.items():
-            opt = self.optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            ta = time.perf_counter()
-            loss.backward()
-            tb = time.perf_counter()
-            if self.grad_clip > 0:
-                params = [p for g in opt.param_groups for p in g["params"]]
-                float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
-            opt.step()
-            t_bwd, t_opt = t_bwd + tb - ta, t_opt + time.perf_counter() - tb
-        te = time.perf_counter()
-        self.ema.update(self.model)
-        t2 = time.perf_counter()
-        self.step_index += 1
-        return {"total": t2 - t0, "forward": t1 - t0, "backward": t_bwd, "optimizer": t_opt, "ema": t2 - te}
 
 
 def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:

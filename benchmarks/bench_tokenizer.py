@@ -39,6 +39,7 @@ from benchlib import (
     REPO,
     BenchError,
     Job,
+    TimedTrainStep,
     counter,
     fmt_range,
     machine_info,
@@ -177,7 +178,7 @@ class KeepRecorder:
         return out
 
 
-class TrainBench:
+class TrainBench(TimedTrainStep):
     """The engine's per-step work (Trainer.fit minus data loading) on a fixed random batch.
 
     step = task.step (hflip, masked + noised forward, loss [, D forward]), finiteness check, then per
@@ -225,31 +226,6 @@ class TrainBench:
             opt.zero_grad(set_to_none=True)
         return logs
 
-    def step(self, seed: int) -> dict[str, float]:
-        """One full training step with the generator seeded by `seed`; returns phase times (s)."""
-        t0 = time.perf_counter()
-        self.generator.manual_seed(seed)
-        losses, _ = self.task.step(self.batch, self.step_index, self.generator)
-        if not all(bool(torch.isfinite(v.detach()).all()) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at seed {seed}")
-        t1 = time.perf_counter()
-        t_bwd = t_opt = 0.0
-        for name, loss in losses.items():
-            opt = self.optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            ta = time.perf_counter()
-            loss.backward()
-            tb = time.perf_counter()
-            params = [p for g in opt.param_groups for p in g["params"]]
-            if self.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            opt.step()
-            t_bwd, t_opt = t_bwd + tb - ta, t_opt + time.perf_counter() - tb
-        te = time.perf_counter()
-        self.ema.update(self.model)
-        t2 = time.perf_counter()
-        self.step_index += 1
-        return {"total": t2 - t0, "forward": t1 - t0, "backward": t_bwd, "optimizer": t_opt, "ema": t2 - te}
 
     def count(self, seed: int) -> tuple[int, int]:
         """(FLOPs, L) of forward + backward with this seed's draws (everything: model, loss nets, D)."""

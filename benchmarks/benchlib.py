@@ -306,3 +306,47 @@ def run_jobs(
         if not row.get("error") and "gflops_achieved" in row:
             row["peak_fraction"] = row["gflops_achieved"]["median"] / peak
     return result
+
+
+class TimedTrainStep:
+    """The engine's per-step work on a fixed batch, timed by phase (Trainer._train_step minus data and logging).
+
+    A subclass sets `task`, `model`, `batch`, `optimizers` (name -> AdamW, in the task's update order),
+    `grad_clip`, `ema`, `generator` and `step_index`; `step` then runs task.step (forward and loss), the
+    finiteness check, per optimizer zero_grad / backward / clip_grad_norm_ / step, and the EMA update.
+    """
+
+    task: Any
+    model: torch.nn.Module
+    batch: dict[str, Any]
+    optimizers: dict[str, torch.optim.Optimizer]
+    grad_clip: float
+    ema: Any
+    generator: torch.Generator
+    step_index: int
+
+    def step(self, seed: int) -> dict[str, float]:
+        """One full training step with the generator seeded by `seed`; returns phase times (s)."""
+        t0 = time.perf_counter()
+        self.generator.manual_seed(seed)
+        losses, _ = self.task.step(self.batch, self.step_index, self.generator)
+        if not all(bool(torch.isfinite(v.detach()).all()) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at seed {seed}")
+        t1 = time.perf_counter()
+        t_bwd = t_opt = 0.0
+        for name, loss in losses.items():
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            ta = time.perf_counter()
+            loss.backward()
+            tb = time.perf_counter()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            t_bwd, t_opt = t_bwd + tb - ta, t_opt + time.perf_counter() - tb
+        te = time.perf_counter()
+        self.ema.update(self.model)
+        t2 = time.perf_counter()
+        self.step_index += 1
+        return {"total": t2 - t0, "forward": t1 - t0, "backward": t_bwd, "optimizer": t_opt, "ema": t2 - te}
