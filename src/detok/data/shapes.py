@@ -5,11 +5,29 @@ numbers picks 1-4 objects of one kind (the class, i % 10) with one colour, size 
 background of another colour. Objects are drawn on a supersampled canvas and BOX-downsampled, so
 edges are anti-aliased at any image size. The caption names every attribute, e.g.
 "two large red circles in the top left on a grey background".
+
+Attributes as classes: `ATTRIBUTES` lists, in order, each attribute's values ("shape", "colour",
+"count", "size", "position", "background"); `scene_labels(scene)` gives one class index per attribute
+and `parse_caption(text)` reads the same indices back from a caption (None where a caption, e.g. a
+model's, does not name a value), so captioning and text-to-image can be scored per attribute.
+
+Held-out combinations (for measuring composition). `HELD_OUT_PAIRS` holds ten (colour, shape) pairs,
+one per shape, by a fixed rule: SHAPES[k] is held out in the (k + 1)-th colour of COLOURS (the
+diagonal shifted by one), i.e. green circle, blue square, yellow triangle, orange diamond, purple
+cross, pink ring, cyan star, brown hexagon, white heart, black ellipse. Each held-out colour and each
+held-out shape belongs to exactly one pair, so with `ShapesDataset(split="train", exclude_held_out=True)`
+every held-out colour is still seen on the other 9 shapes and every held-out shape in the other 11
+colours; only the conjunction is never seen (the colour of a train scene that would form a pair is
+redrawn from the same random stream). A model that draws "a green circle" (prompts from
+`held_out_prompts`) or names one in a caption (the val split keeps the natural distribution, where
+about 1 scene in 12 has a held-out pair) must therefore combine two concepts it only ever saw apart:
+its score on those items measures composition, not recall.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +67,26 @@ SPLIT_STREAMS = {"train": 0, "val": 1}  # the split is part of the seed, so trai
 SPACING = 1.2  # distance between object centres in a group, in object diameters
 JITTER = 0.08  # per-object centre jitter, in object diameters
 MARGIN = 0.03  # keep objects this far (fraction of the side) from the image border
+WHERE_JITTER = 0.1  # jitter of the group's fractional position within its grid cell
+
+# attribute name -> its values, in class-index order ("position" indexes the 3 x 3 grid row-major)
+ATTRIBUTES: dict[str, tuple[Any, ...]] = {
+    "shape": tuple(SHAPES),
+    "colour": tuple(COLOURS),
+    "count": tuple(range(1, MAX_COUNT + 1)),
+    "size": tuple(SIZES),
+    "position": tuple(phrase for row in POSITIONS for phrase in row),
+    "background": tuple(COLOURS),
+}
+ATTRIBUTE_NAMES = tuple(ATTRIBUTES)
+
+# (colour, shape) pairs never shown in training when exclude_held_out=True; the rule: SHAPES[k] in the
+# (k + 1)-th colour of COLOURS, so each pair has its own colour and its own shape (module docstring)
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (list(COLOURS)[(k + 1) % len(COLOURS)], kind) for k, kind in enumerate(SHAPES)
+)
+_HELD_OUT = frozenset(HELD_OUT_PAIRS)
+HELD_OUT_STREAM = 0x48E1D  # seed-sequence word of held_out_scenes, apart from every split's stream
 
 
 def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
@@ -119,6 +157,26 @@ def _layout(count: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _place(offsets: np.ndarray, d: float, where: np.ndarray) -> np.ndarray:
+    """Centres of a group, given its object offsets from the group centre (count, 2) and its fractional
+    position `where` (2,) within the range that keeps the whole group inside the image, (x, y)."""
+    half = np.abs(offsets).max(0) + d / 2  # half extent of the group, (x, y)
+    lo, hi = half + MARGIN, 1 - half - MARGIN
+    anchor = np.where(lo < hi, lo + (hi - lo) * where, 0.5)  # (2,) group centre, (x, y)
+    return offsets + anchor  # (count, 2)
+
+
+def _where(row: int, col: int, rng: np.random.Generator) -> np.ndarray:
+    """A random fractional group position inside grid cell (row, col), as (x, y)."""
+    return np.clip(np.array([col, row]) / 2 + rng.uniform(-WHERE_JITTER, WHERE_JITTER, 2), 0, 1)
+
+
+def _offsets(count: int, d: float, rng: np.random.Generator) -> np.ndarray:
+    """Jittered object offsets of a group of `count` objects of diameter d, centred near 0, (count, 2)."""
+    jitter = rng.uniform(-JITTER, JITTER, (count, 2)) * d  # (count, 2)
+    return _layout(count, rng) * SPACING * d + jitter  # (count, 2) as (x, y)
+
+
 @dataclass(frozen=True)
 class ShapeScene:
     """The attributes of one shapes image: everything the caption names, plus object centres."""
@@ -148,6 +206,107 @@ class ShapeScene:
         )
 
 
+def draw_scene(
+    kind: str, rng: np.random.Generator, *, colour: str | None = None, exclude_held_out: bool = False
+) -> ShapeScene:
+    """A random scene of objects of `kind` drawn from `rng` (ShapesDataset.scene's procedure).
+
+    colour: use this object colour instead of drawing one. exclude_held_out: redraw the colour (from the
+    same stream) while (colour, kind) is a held-out pair.
+    """
+    names = list(COLOURS)
+    if colour is None:
+        colour = names[rng.integers(len(names))]
+        while exclude_held_out and (colour, kind) in _HELD_OUT:
+            colour = names[rng.integers(len(names))]
+    elif colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; choose one of {names}")
+    background = [c for c in names if c != colour][rng.integers(len(names) - 1)]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    count = int(rng.integers(1, MAX_COUNT + 1))
+    row, col = (int(v) for v in rng.integers(3, size=2))
+
+    d = SIZES[size]
+    centres = _place(_offsets(count, d, rng), d, _where(row, col, rng))  # (count, 2) as (x, y)
+    return ShapeScene(
+        kind=kind,
+        colour=colour,
+        size=size,
+        count=count,
+        row=row,
+        col=col,
+        background=background,
+        centres=tuple((float(x), float(y)) for x, y in centres),
+    )
+
+
+def is_held_out(scene: ShapeScene) -> bool:
+    """Whether the scene's (colour, shape) is one of HELD_OUT_PAIRS."""
+    return (scene.colour, scene.kind) in _HELD_OUT
+
+
+def scene_labels(scene: ShapeScene) -> dict[str, int]:
+    """The class index of each attribute of `scene`, keyed and ordered as ATTRIBUTES."""
+    return {
+        "shape": SHAPES.index(scene.kind),
+        "colour": ATTRIBUTES["colour"].index(scene.colour),
+        "count": scene.count - 1,
+        "size": ATTRIBUTES["size"].index(scene.size),
+        "position": 3 * scene.row + scene.col,
+        "background": ATTRIBUTES["background"].index(scene.background),
+    }
+
+
+_NOUNS = {**{k: k for k in SHAPES}, **{PLURALS.get(k, k + "s"): k for k in SHAPES}}
+_BACKGROUND = re.compile(r"\bon an? (\w+) background\b")
+
+
+def _first(words: list[str], values: Any) -> int | None:
+    """Index in `values` of the first word of `words` that is one of them, or None."""
+    values = list(values)
+    return next((values.index(w) for w in words if w in values), None)
+
+
+def parse_caption(text: str) -> dict[str, int | None]:
+    """Attribute class indices named by a caption (None where it names none), keyed as ATTRIBUTES.
+
+    Inverse of ShapeScene.caption (parse_caption(scene.caption) == scene_labels(scene)); lenient on
+    free text, e.g. a model's caption: the first value word of each attribute counts, the background is
+    the colour in "on a(n) X background" and the object colour the first colour word outside it.
+    """
+    text = " ".join(text.lower().split())
+    match = _BACKGROUND.search(text)
+    background = _first([match.group(1)], COLOURS) if match else None
+    words = re.findall(r"[a-z]+", _BACKGROUND.sub(" ", text))
+    kind = next((_NOUNS[w] for w in words if w in _NOUNS), None)
+    positions = [i for i, phrase in enumerate(ATTRIBUTES["position"]) if re.search(rf"\b{phrase}\b", text)]
+    return {
+        "shape": None if kind is None else SHAPES.index(kind),
+        "colour": _first(words, COLOURS),
+        "count": _first(words, COUNT_WORDS),
+        "size": _first(words, SIZES),
+        "position": positions[0] if len(positions) == 1 else None,
+        "background": background,
+    }
+
+
+def held_out_scenes(n_per_pair: int, seed: int = 0) -> list[ShapeScene]:
+    """n_per_pair scenes per held-out (colour, shape) pair, pair-major in HELD_OUT_PAIRS order; count,
+    size, position and background drawn as in the dataset (deterministic by seed, pair and j)."""
+    if n_per_pair < 0 or seed < 0:
+        raise ValueError(f"need n_per_pair >= 0 and seed >= 0, got {n_per_pair}, {seed}")
+    return [
+        draw_scene(kind, np.random.default_rng([seed, HELD_OUT_STREAM, p, j]), colour=colour)
+        for p, (colour, kind) in enumerate(HELD_OUT_PAIRS)
+        for j in range(n_per_pair)
+    ]
+
+
+def held_out_prompts(n_per_pair: int, seed: int = 0) -> list[str]:
+    """Captions of held_out_scenes(n_per_pair, seed): text-to-image prompts for the composition score."""
+    return [scene.caption for scene in held_out_scenes(n_per_pair, seed)]
+
+
 class ShapesDataset(Dataset):
     """Procedural coloured shapes, 10 classes (the shape kind), deterministic by (seed, split, index)."""
 
@@ -155,8 +314,16 @@ class ShapesDataset(Dataset):
     num_classes = len(SHAPES)
 
     def __init__(
-        self, size: int = 10000, image_size: int = 32, seed: int = 0, split: Literal["train", "val"] = "train"
+        self,
+        size: int = 10000,
+        image_size: int = 32,
+        seed: int = 0,
+        split: Literal["train", "val"] = "train",
+        *,
+        exclude_held_out: bool = False,
     ) -> None:
+        """exclude_held_out: no train item shows a (colour, shape) pair of HELD_OUT_PAIRS (the val split is
+        unaffected, so it still contains them); items without a held-out pair are unchanged."""
         if split not in SPLIT_STREAMS:
             raise ValueError(f"split must be one of {list(SPLIT_STREAMS)}, got {split!r}")
         if seed < 0:
@@ -167,6 +334,7 @@ class ShapesDataset(Dataset):
         self.image_size = image_size
         self.seed = seed
         self.split = split
+        self.exclude_held_out = bool(exclude_held_out)
         # supersampling factor: 4x for small images, less where the canvas would get big
         self.supersample = 4 if image_size <= 128 else 2 if image_size <= 512 else 1
 
@@ -178,31 +346,12 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} shapes images")
         rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], index])
-        names = list(COLOURS)
-        colour = names[rng.integers(len(names))]
-        background = [c for c in names if c != colour][rng.integers(len(names) - 1)]
-        size = list(SIZES)[rng.integers(len(SIZES))]
-        count = int(rng.integers(1, MAX_COUNT + 1))
-        row, col = (int(v) for v in rng.integers(3, size=2))
+        exclude = self.exclude_held_out and self.split == "train"
+        return draw_scene(SHAPES[index % len(SHAPES)], rng, exclude_held_out=exclude)
 
-        d = SIZES[size]
-        jitter = rng.uniform(-JITTER, JITTER, (count, 2)) * d  # (count, 2)
-        centres = _layout(count, rng) * SPACING * d + jitter  # (count, 2) as (x, y), group centred at 0
-        half = np.abs(centres).max(0) + d / 2  # half extent of the group, (x, y)
-        lo, hi = half + MARGIN, 1 - half - MARGIN
-        where = np.clip(np.array([col, row]) / 2 + rng.uniform(-0.1, 0.1, 2), 0, 1)
-        anchor = np.where(lo < hi, lo + (hi - lo) * where, 0.5)  # (2,) group centre, (x, y)
-        centres = centres + anchor
-        return ShapeScene(
-            kind=SHAPES[index % len(SHAPES)],
-            colour=colour,
-            size=size,
-            count=count,
-            row=row,
-            col=col,
-            background=background,
-            centres=tuple((float(x), float(y)) for x, y in centres),
-        )
+    def labels(self, index: int) -> dict[str, int]:
+        """The class index of every attribute of item `index` (see ATTRIBUTES, scene_labels)."""
+        return scene_labels(self.scene(index))
 
     def render(self, scene: ShapeScene) -> Image.Image:
         """Draw a scene as an anti-aliased RGB image of image_size x image_size."""
