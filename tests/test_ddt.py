@@ -292,6 +292,9 @@ def test_quickstart_with_ddt_reports_the_prefix_curve_and_ddt_ar(tmp_path, monke
     ddt = summary["ddt"]
     assert list(ddt["psnr_by_tokens"]) == ["0", "4", "8", "16", "32"] and ddt["tokenizer"]["steps"] == 2
     assert ddt["generator"]["model"] == "ddt_ar_mini" and ddt["generator"]["steps"] == 2
+    assert ddt["tokenizer"]["input"] == "l-DeTok latents"  # the default: DDT over the quickstart's own latents
+    ddt_tok = load_tokenizer(tmp_path / "qs" / "ddt")
+    assert ddt_tok.base is not None and ddt_tok.input_shape == (8, 8, 8)
     assert 0 <= ddt["class_accuracy"] <= 1 and ddt["fid"] >= 0
     for png in (ddt["prefix_grid"], ddt["prefix_plot"], ddt["generator"]["samples"]):
         assert Path(png).stat().st_size > 0

@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--with", dest="with_parts", default="", choices=["", "ddt"],
                    help="also train the discrete part: 'ddt' = a DDT tokenizer (discrete diffusion-timestep tokens) "
                         "and the ddt_ar LLaMA on its ids, reported under summary['ddt']")
+    p.add_argument("--ddt-on", default="latents", choices=["latents", "pixels"],
+                   help="with --with ddt: the DDT tokenizer reads this quickstart's l-DeTok latents, or the pixels")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides, e.g. train.max_steps=50")
     p.set_defaults(func=main)
 
@@ -41,7 +43,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = quickstart(args.data, args.out, steps=args.steps, generator_steps=args.generator_steps,
                          generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
                          overrides=args.overrides, decoder_ft_steps=args.decoder_ft_steps,
-                         with_ddt=args.with_parts == "ddt")
+                         with_ddt=args.with_parts == "ddt", ddt_on=args.ddt_on)
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
     print(results_table(summary), flush=True)
     return summary

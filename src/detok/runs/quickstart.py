@@ -25,6 +25,7 @@ def quickstart(
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
     overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
     decoder_ft_steps: int = 0, with_ddt: bool = False, ddt_overrides: list[str] | None = None,
+    ddt_on: str = "latents",
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
@@ -35,7 +36,8 @@ def quickstart(
     latents with the encoder frozen (quickstart_decoder_ft.yaml; -1 = its 400 steps; default 0 = no stage 2:
     at the quickstart's budget it adds minutes for about +1 dB, docs/RESULTS.md). `with_ddt` adds the discrete
     part (`quickstart_ddt`): a DDT tokenizer, its token cache and `ddt_ar` on it, under summary["ddt"]
-    (`ddt_overrides` apply to the DDT tokenizer run).
+    (`ddt_overrides` apply to the DDT tokenizer run); `ddt_on="latents"` (default) puts the DDT tokenizer on
+    this quickstart's l-DeTok latents (`quickstart_ddt_latents`), "pixels" on the images.
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
@@ -84,7 +86,13 @@ def quickstart(
             if eval_samples > 0:
                 results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
     ddt_over = ([f"train.max_steps={steps}"] if steps else []) + list(ddt_overrides or [])
-    ddt = _quickstart_ddt(data, out, cfg.data, cache_images, eval_samples, generator_steps, ddt_over,
+    if ddt_on not in ("latents", "pixels"):
+        raise ValueError(f"ddt_on must be 'latents' or 'pixels', got {ddt_on!r}")
+    ddt_presets = ["quickstart_ddt"]
+    if ddt_on == "latents":  # DDT over this quickstart's l-DeTok latents (its weights are saved with DDT's)
+        ddt_presets.append("quickstart_ddt_latents")
+        ddt_over.insert(0, f"tokenizer.base_tokenizer={tok['run_dir']}")
+    ddt = _quickstart_ddt(data, out, cfg.data, cache_images, eval_samples, generator_steps, ddt_presets, ddt_over,
                           (generator_overrides or {}).get("ddt_ar", [])) if with_ddt else None
     dist.shutdown()
     grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
@@ -109,10 +117,10 @@ def quickstart(
 
 
 def _quickstart_ddt(data: str, out: Path, data_cfg, cache_images: int, eval_samples: int, generator_steps: int,
-                    overrides: list[str], gen_overrides: list[str]) -> dict[str, Any]:
+                    presets: list[str], overrides: list[str], gen_overrides: list[str]) -> dict[str, Any]:
     """The discrete part: a DDT tokenizer (prefix curve), its token cache, `ddt_ar` on it (FID, class accuracy)."""
     t0 = time.perf_counter()
-    cfg = tokenizer_config(None, ["quickstart_ddt"], [f"data.name={data}", f"train.out_dir={out / 'ddt'}", *overrides])
+    cfg = tokenizer_config(None, presets, [f"data.name={data}", f"train.out_dir={out / 'ddt'}", *overrides])
     tok_summary = train_tokenizer(cfg, recon_images=256)
     rec = tok_summary["reconstruction"]
     tokenizer = load_tokenizer(tok_summary["run_dir"])
@@ -131,6 +139,7 @@ def _quickstart_ddt(data: str, out: Path, data_cfg, cache_images: int, eval_samp
     result: dict[str, Any] = {
         "tokenizer": {"model": cfg.model, "num_tokens": tokenizer.num_tokens, "codebook_size": tokenizer.codebook_size,
                       "schedule": cfg.tokenizer.schedule, "steps": tok_summary["steps"],
+                      "input": "l-DeTok latents" if cfg.tokenizer.base_tokenizer else "pixels",
                       "seconds": tok_summary["seconds"], "run_dir": tok_summary["run_dir"],
                       "codebook": tok_summary.get("codebook", {})},
         "psnr_by_tokens": rec["psnr_by_tokens"], "ssim_by_tokens": rec["ssim_by_tokens"], "psnr": rec["psnr"],
