@@ -216,7 +216,8 @@ class DDT(DiscreteTokenizer):
         h = self.encoder(x0)  # (B, K, E)
         if self.training:
             self.train_steps += 1
-        if self.training and int(self.train_steps) <= self.cfg.continuous_steps:
+        warmup = self.cfg.continuous_steps > 0 and int(self.train_steps) <= self.cfg.continuous_steps  # (host sync)
+        if self.training and warmup:
             # warm-up without quantization: the decoder learns to read the tokens before the codebook is made
             codes, ids, commit = F.normalize(h, dim=-1), h.new_zeros(h.shape[:2], dtype=torch.long), h.new_zeros(())
         else:
