@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import detok.eval.shapes_checker as sc
-from detok.data.shapes import PLURALS, POSITIONS, ShapesDataset
+from detok.data.shapes import PLURALS, POSITIONS, ShapesDataset, scene_labels
 from detok.data.transforms import to_tensor
 from detok.eval.shapes_checker import (
     ATTRIBUTES,
@@ -20,7 +20,6 @@ from detok.eval.shapes_checker import (
     CheckerNet,
     CheckerNotUsableError,
     ShapesChecker,
-    _scene_labels,
     cache_key,
     edit_success,
     load_or_train_checker,
@@ -53,7 +52,7 @@ def test_labels_match_caption_words():
     ds = ShapesDataset(size=200, image_size=16, seed=3)
     for i in range(200):
         scene = ds.scene(i)
-        labels = _scene_labels(scene)
+        labels = scene_labels(scene)
         assert set(labels) == set(ATTRIBUTES)
         assert all(0 <= labels[a] < NUM_VALUES[a] for a in ATTRIBUTES)
         words = {a: VALUE_NAMES[a][labels[a]] for a in ATTRIBUTES}
@@ -75,8 +74,8 @@ def test_hflip_premise_mirrored_scene_renders_as_the_flipped_image():
         s = ds.scene(i)
         m = dataclasses.replace(s, col=2 - s.col, centres=tuple((1 - x, y) for x, y in s.centres))
         assert torch.equal(to_tensor(ds.render(s)).flip(-1), to_tensor(ds.render(m)))
-        pos = torch.tensor([_scene_labels(s)["position"]])
-        assert mirror_position(pos).item() == _scene_labels(m)["position"]
+        pos = torch.tensor([scene_labels(s)["position"]])
+        assert mirror_position(pos).item() == scene_labels(m)["position"]
 
 
 def test_value_index():

@@ -55,7 +55,16 @@ from tqdm.auto import tqdm
 
 from detok.config import option, resolve, to_dict
 from detok.data.build import collate
-from detok.data.shapes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, SIZES, ShapeScene, ShapesDataset
+from detok.data.shapes import (
+    ATTRIBUTE_NAMES,
+    COLOURS,
+    COUNT_WORDS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    scene_labels,
+)
 from detok.eval.domain import UINT8_HALF, resize_to
 from detok.eval.features import state_dict_sha256
 from detok.eval.recon import to_uint8
@@ -66,7 +75,7 @@ from detok.nn.optim import lr_at, split_decay
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # architecture version: bump when net or recipe change meaning (old entries stop matching)
-ATTRIBUTES = ("shape", "colour", "count", "size", "position", "background")
+ATTRIBUTES = ATTRIBUTE_NAMES  # the order of shapes.ATTRIBUTES (labels: shapes.scene_labels)
 VALUE_NAMES: dict[str, list[str]] = {
     "shape": list(SHAPES),
     "colour": list(COLOURS),
@@ -82,18 +91,6 @@ PREDICT_CHUNK = 256  # images per forward pass in predict()
 READ_BATCH = 256  # dataset items per DataLoader batch while reading a split into memory
 PROBE = 4  # hash this many rendered train images into the cache key (catches renderer changes)
 LOG_EVERY = 50  # steps between progress-bar loss updates
-
-
-def _scene_labels(scene: ShapeScene) -> dict[str, int]:
-    """The class index of every attribute of a scene (private: shapes.py may grow its own later)."""
-    return {
-        "shape": SHAPES.index(scene.kind),
-        "colour": VALUE_NAMES["colour"].index(scene.colour),
-        "count": scene.count - 1,
-        "size": VALUE_NAMES["size"].index(scene.size),
-        "position": scene.row * GRID + scene.col,
-        "background": VALUE_NAMES["background"].index(scene.background),
-    }
 
 
 def mirror_position(position: torch.Tensor) -> torch.Tensor:
@@ -214,7 +211,7 @@ def _read(data: Any, size: int, progress: bool = False, desc: str = "read") -> t
     for batch in tqdm(loader, desc=f"shapes checker: {desc}", disable=not progress):
         images.append(resize_to(to_uint8(batch["image"]), size).round().clamp(0, 255).to(torch.uint8))
         for i in torch.as_tensor(batch["index"]).tolist():
-            found = _scene_labels(root.scene(int(i)))
+            found = scene_labels(root.scene(int(i)))
             labels.append([found[a] for a in ATTRIBUTES])
     if not images:
         none = torch.empty(0, 3, size, size, dtype=torch.uint8)
