@@ -252,6 +252,7 @@ def test_token_cache_round_trip_and_mismatch_errors(tmp_path):
     meta = write_cache(tok, torch.utils.data.Subset(data, range(12)), tmp_path / "cache", torch.device("cpu"),
                        source={"tokenizer": "run"}, batch_size=5, collate=collate, progress=False)
     assert meta["tokens"] == "discrete" and meta["num_tokens"] == 16 and meta["codebook_size"] == 64
+    assert meta["order"] == "ar"
     cache = LatentCache(tmp_path / "cache")
     cache.check(tok)
     item = cache[3]
