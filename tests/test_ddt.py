@@ -132,6 +132,33 @@ def test_detokenize_is_seeded_and_rejects_bad_ids():
         tok.detokenize(torch.zeros(1, tok.num_tokens), steps=2)
 
 
+def test_decoding_from_a_given_set_of_tokens_uses_exactly_those():
+    """given = the first j AR positions is `known = j`; with given = the last j, changing any other id is a no-op."""
+    tok = _tiny()
+    tok.train()(torch.rand(4, 3, 32, 32, generator=rng(4)) * 2 - 1, rng=rng(5))  # k-means init: distinct codes
+    tok.eval()
+    with torch.no_grad():  # non-zero adaLN / output weights, so that tokens can act on the output at all
+        for p in tok.decoder.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=rng(1)))
+    k, j = tok.num_tokens, 4
+    ids = torch.randint(0, tok.codebook_size, (2, k), generator=rng(6))
+    first_j = torch.arange(k) < j  # (K,) AR positions 0 .. j-1
+    assert torch.equal(tok.detokenize(ids, rng=rng(7), steps=3, known=j),
+                       tok.detokenize(ids, rng=rng(7), steps=3, given=first_j))
+    last_j = torch.arange(k) >= k - j
+    base = tok.detokenize(ids, rng=rng(7), steps=3, given=last_j)
+    coarse, fine = ids.clone(), ids.clone()
+    coarse[:, 0] = (coarse[:, 0] + 1) % tok.codebook_size  # a hidden position: no effect
+    fine[:, -1] = (fine[:, -1] + 1) % tok.codebook_size  # a given one: an effect
+    assert torch.equal(tok.detokenize(coarse, rng=rng(7), steps=3, given=last_j), base)
+    assert not torch.allclose(tok.detokenize(fine, rng=rng(7), steps=3, given=last_j), base, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        tok.detokenize(ids, steps=2, known=2, given=last_j)
+    with pytest.raises(ValueError, match=r"\(K,\) = \(16,\)"):
+        tok.detokenize(ids, steps=2, given=torch.ones(8, dtype=torch.bool))
+
+
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="token schedule"):
         DDT(ddt_config("ddt_tiny", schedule="cosine"))
@@ -204,6 +231,9 @@ def test_train_then_reconstruct_reports_the_prefix_curve(tmp_path):
     rec = summary["reconstruction"]
     assert list(rec["psnr_by_tokens"]) == ["0", "2", "4", "8", "16"]
     assert rec["psnr"] == rec["psnr_by_tokens"]["16"]
+    assert list(rec["psnr_by_suffix"]) == ["2", "4", "8"]  # the last j tokens, 0 < j < K
+    gaps = [rec["psnr_by_tokens"][j] - rec["psnr_by_suffix"][j] for j in ("2", "4", "8")]
+    assert rec["order_gap_db"] == pytest.approx(sum(gaps) / 3)
     for key in ("grid", "prefix_grid", "prefix_plot"):
         assert Path(rec[key]).parent == tmp_path / "run" and Path(rec[key]).stat().st_size > 0, key
     assert (tmp_path / "run" / "prefixes.png").stat().st_size > 0

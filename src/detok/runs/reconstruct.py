@@ -91,8 +91,8 @@ def save_prefix_grid(images: torch.Tensor, by_j: dict[int, torch.Tensor], path: 
 
 
 def save_prefix_plot(by_tokens: dict[int, dict[str, float]], num_tokens: int, path: str | Path,
-                     title: str = "") -> Path:
-    """PNG: reconstruction PSNR against the number of AR-order tokens kept."""
+                     title: str = "", by_suffix: dict[int, dict[str, float]] | None = None) -> Path:
+    """PNG: reconstruction PSNR against the number of AR-order tokens kept (first j; also the last j if given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +100,11 @@ def save_prefix_plot(by_tokens: dict[int, dict[str, float]], num_tokens: int, pa
 
     js = sorted(by_tokens)
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-    ax.plot(js, [by_tokens[j]["psnr"] for j in js], "o-")
+    ax.plot(js, [by_tokens[j]["psnr"] for j in js], "o-", label="first j (coarse first)")
+    if by_suffix:
+        sj = sorted(by_suffix)
+        ax.plot(sj, [by_suffix[j]["psnr"] for j in sj], "s--", label="last j (fine only)")
+        ax.legend(fontsize=8)
     ax.set_xlabel(f"tokens kept, AR order (of K = {num_tokens})")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title or "DDT prefix reconstruction")
@@ -123,6 +127,11 @@ def reconstruct_prefixes(
     are also the top-level "psnr" / "ssim"). Decoding noise is seeded per batch by (seed, first index), the
     same noise for every j. Writes reconstructions.png (the full decodings), prefixes.png (coarse to fine) and
     prefix_psnr.png.
+
+    The order test: for each 0 < j < K the same images are also decoded from the *last* j tokens (the fine ones
+    without the coarse ones). `order_gap_db` is the mean over those j of PSNR(first j) - PSNR(last j): clearly
+    positive when the AR order puts the informative tokens first (the prefix property), about 0 when token
+    positions are exchangeable (the all-visible control).
     """
     tokenizer.eval().to(device)
     k = tokenizer.num_tokens
@@ -130,6 +139,8 @@ def reconstruct_prefixes(
     n = min(n, len(dataset)) if n > 0 else len(dataset)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
     metrics = {j: ReconMetrics() for j in js}
+    mids = [j for j in js if 0 < j < k]
+    suffix_metrics = {j: ReconMetrics() for j in mids}
     first: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
     t0, start = time.perf_counter(), 0
     for batch in tqdm(loader, desc="reconstruct (prefixes)", disable=not progress):
@@ -140,18 +151,26 @@ def reconstruct_prefixes(
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
             decoded[j] = tokenizer.detokenize(ids, rng=g, known=j)
             metrics[j].update(x, decoded[j])
+        for j in mids:
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+            last_j = torch.arange(k, device=device) >= k - j  # (K,) AR positions K-j .. K-1
+            suffix_metrics[j].update(x, tokenizer.detokenize(ids, rng=g, given=last_j))
         if first is None:
             first = (x.cpu(), {j: d.cpu() for j, d in decoded.items()})
         start += x.shape[0]
     by_tokens = {j: metrics[j].compute() for j in js}
+    by_suffix = {j: suffix_metrics[j].compute() for j in mids}
+    gaps = [by_tokens[j]["psnr"] - by_suffix[j]["psnr"] for j in mids]
     out_dir = Path(out_dir)
     grid = save_pairs_grid(first[0], first[1][k], out_dir / "reconstructions.png")
     prefixes = save_prefix_grid(first[0], first[1], out_dir / "prefixes.png")
-    plot = save_prefix_plot(by_tokens, k, out_dir / "prefix_psnr.png")
+    plot = save_prefix_plot(by_tokens, k, out_dir / "prefix_psnr.png", by_suffix=by_suffix)
     full = by_tokens[k]
     gain = full["psnr"] - by_tokens[0]["psnr"] if 0 in by_tokens else float("nan")
     return {**full, "psnr_by_tokens": {str(j): by_tokens[j]["psnr"] for j in js},
             "ssim_by_tokens": {str(j): by_tokens[j]["ssim"] for j in js}, "psnr_gain_over_unconditional": gain,
+            "psnr_by_suffix": {str(j): by_suffix[j]["psnr"] for j in mids},
+            "order_gap_db": sum(gaps) / len(gaps) if gaps else float("nan"),
             "num_tokens": k, "codebook_size": tokenizer.codebook_size, "decode_steps": tokenizer.cfg.sample_steps,
             "grid": str(grid), "prefix_grid": str(prefixes), "prefix_plot": str(plot),
             "seconds": time.perf_counter() - t0}

@@ -256,6 +256,7 @@ class DDT(DiscreteTokenizer):
         rng: torch.Generator | None = None,
         *,
         known: int | None = None,
+        given: torch.Tensor | None = None,
         steps: int | None = None,
         cfg_scale: float | None = None,
         progress: bool = False,
@@ -263,16 +264,22 @@ class DDT(DiscreteTokenizer):
         """Ids (B, K) in AR order -> images (B, 3, H, W), by `steps` Euler steps from t = 1 to 0.
 
         known: decode from the first `known` AR tokens only (the coarse ones); the others are hidden at every t,
-        so `known = 0` is the unconditional decoder. cfg_scale: guidance against the all-hidden prediction.
+        so `known = 0` is the unconditional decoder. given: instead of `known`, a (K,) bool mask over AR
+        positions of the tokens decoded from (e.g. the last j: the fine tokens without the coarse ones).
+        cfg_scale: guidance against the all-hidden prediction.
         """
         self.check_ids(ids)
         k = self.num_tokens
+        if given is not None and known is not None:
+            raise ValueError("pass either known (a prefix length) or given (a mask over AR positions), not both")
+        if given is not None and tuple(given.shape) != (k,):
+            raise ValueError(f"given must be a (K,) = ({k},) mask over AR positions, got shape {tuple(given.shape)}")
         known = k if known is None else known
         steps = steps or self.cfg.sample_steps
         scale = self.cfg.cfg_scale if cfg_scale is None else cfg_scale
         codes = self.quantizer.codes_from_ids(code_order(ids))  # (B, K, E)
         b, dev = ids.shape[0], ids.device
-        allowed = prefix_mask(k, known, dev)[None]  # (1, K)
+        allowed = (prefix_mask(k, known, dev) if given is None else code_order(given.to(dev).bool()))[None]  # (1, K)
         x = torch.randn((b, *self.input_shape), generator=rng, device=dev, dtype=codes.dtype)  # x_1 = eps
         times = torch.linspace(1.0, 0.0, steps + 1, device=dev)
         for i in tqdm(range(steps), desc="decode", disable=not progress):
