@@ -37,7 +37,7 @@ _ALIASES: dict[tuple[str, str], str] = {}  # deprecated spelling -> current name
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]*$")
 
 # Modules whose import registers detok's own families (discovered lazily: see the module docstring).
-BUILTIN_MODULES = ("detok.tokenizers", "detok.generators")
+BUILTIN_MODULES = ("detok.tokenizers", "detok.generators", "detok.multimodal")
 _loaded = False
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from detok.engine.trainer import Task
 from detok.losses.gan import hinge_d_loss
 from detok.losses.tokenizer_loss import TokenizerLoss
+from detok.multimodal.sequences import TASKS, build, pack
 from detok.tokenizers.ddt import DDT
 from detok.tokenizers.detok import DeTok
 from detok.tokenizers.latents import LatentCache
@@ -203,3 +204,77 @@ class GeneratorTask(Task):
         z = self.latents(batch, rng)
         out = self.forward_model(z, batch["label"], rng=rng)
         return {"main": out["loss"]}, {k: v.detach() for k, v in out.items()}
+
+
+class _MLLMLoss(nn.Module):
+    """`model.loss(ids, loss_mask)` as a module forward, for DDP."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, loss_mask: torch.Tensor):
+        return self.model.loss(ids, loss_mask)
+
+
+class MLLMTask(Task):
+    """Multimodal LM training: each row of a batch becomes one task's sequence (t2i, i2t, image, text, edit).
+
+    The task of each row is drawn from `ratios` (TASKS order) with the engine's rng, and in t2i / edit the
+    text is dropped to the null prompt with the model's `text_dropout` (classifier-free guidance). No
+    horizontal flips: the captions name left and right. Logs the loss and each task's share of the batch.
+    """
+
+    ema_module = "model"
+
+    def __init__(self, model: nn.Module, ratios: list[float]) -> None:
+        if len(ratios) != len(TASKS) or min(ratios) < 0 or sum(ratios) <= 0:
+            raise ValueError(f"ratios must be {len(TASKS)} non-negative shares ({', '.join(TASKS)}), got {ratios}")
+        self.model = model
+        self.ratios = torch.tensor(ratios, dtype=torch.float64) / sum(ratios)
+        self.forward_model: nn.Module = _MLLMLoss(model)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizer_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        return {"main": list(self.model.named_parameters())}
+
+    def setup(self, info, wrap) -> None:
+        self.forward_model = wrap(_MLLMLoss(self.model))
+
+    def sequences(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(ids (B, S), loss_mask (B, S), the task of each row) of a token batch (see MLLMTokenDataset)."""
+        model = self.model
+        vocab, slot, drop = model.vocab, model.cfg.text_slot, model.cfg.text_dropout
+        codes, targets = batch["codes"].cpu(), batch["target_codes"].cpu()  # (B, K) each
+        n = codes.shape[0]
+        picks = torch.multinomial(self.ratios, n, replacement=True, generator=_cpu(rng)).tolist()  # (B,)
+        dropped = (torch.rand(n, generator=_cpu(rng)) < drop).tolist()  # (B,)
+        rows, names = [], []
+        for b in range(n):
+            task = TASKS[picks[b]]
+            text = batch["instruction"][b] if task == "edit" else batch["caption"][b]
+            if task in ("t2i", "edit") and dropped[b]:
+                text = None
+            rows.append(build(task, vocab, slot, text=text, image=codes[b], target=targets[b]))
+            names.append(task)
+        ids, mask = pack(rows, vocab.pad)  # (B, S) each
+        return ids, mask, names
+
+    def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
+        ids, mask, names = self.sequences(batch, rng)
+        device = batch["codes"].device
+        out = self.forward_model(ids.to(device), mask.to(device))
+        logs = {k: v.detach() for k, v in out.items()}
+        for task in TASKS:
+            logs[f"share_{task}"] = torch.tensor(names.count(task) / len(names))
+        return {"main": out["loss"]}, logs
+
+
+def _cpu(rng: torch.Generator) -> torch.Generator:
+    """`rng` if it is a CPU generator; else a CPU generator seeded from it (sequence building runs on the CPU)."""
+    if rng.device.type == "cpu":
+        return rng
+    seed = int(torch.randint(0, 2**62, (1,), generator=rng, device=rng.device).item())
+    return torch.Generator().manual_seed(seed)
