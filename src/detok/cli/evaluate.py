@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="score a run: tokenizers -> rFID / PSNR / SSIM / LPIPS, generators -> CFG search + FID / IS / P / R",
+        help="score a run: tokenizers -> rFID / PSNR / SSIM / LPIPS, generators -> CFG search + FID / IS / P / R, "
+             "multimodal LMs -> GenEval-style score, caption accuracy, edit success (shapes checker)",
     )
     p.add_argument("run", help="tokenizer or generator run / checkpoint folder, or an external tokenizer spec")
     p.add_argument("--data", default="", help="dataset (default: the one the tokenizer trained on)")
@@ -31,8 +32,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from detok import dist
     from detok.config import resolve
     from detok.eval.protocol import EvalConfig
-    from detok.runs.evaluate import evaluate
+    from detok.runs.evaluate import evaluate, run_kind
 
+    if run_kind(args.run) == "mllm":  # its own protocol and config (detok.eval.mllm.MLLMEvalConfig)
+        from detok.eval.mllm import MLLMEvalConfig, print_mllm_table
+        from detok.runs.mllm import evaluate_mllm_run
+
+        result = evaluate_mllm_run(args.run, resolve(MLLMEvalConfig, args.config, args.overrides),
+                                   out=args.out, device=args.device)
+        print_mllm_table(result)
+        return result
     ecfg = resolve(EvalConfig, args.config, args.overrides)
     if args.ref_stats:
         ecfg.ref_stats = args.ref_stats

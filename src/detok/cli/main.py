@@ -14,6 +14,7 @@ import sys
 from detok import __version__
 
 VERBS = ("quickstart", "train", "encode", "sample", "reconstruct", "evaluate", "bench", "report", "convert")
+MLLM_VERBS = ("generate", "caption", "edit")  # the multimodal LM's verbs (detok.cli.mllm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         importlib.import_module(f"detok.cli.{verb}").add_parser(sub)
+    mllm = importlib.import_module("detok.cli.mllm")
+    for verb in MLLM_VERBS:
+        getattr(mllm, f"add_{verb}_parser")(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     from detok.tokenizers.detok import PRESETS
     from detok.tokenizers.spatial_vq import PRESETS as VQ_PRESETS
 
-    p = sub.add_parser("train", help="train a tokenizer or a generator")
+    p = sub.add_parser("train", help="train a tokenizer, a generator or the multimodal LM")
     what = p.add_subparsers(dest="what", required=True)
     t = what.add_parser("tokenizer", help="train l-DeTok (paper defaults: detok_bb, gamma 3, M 0.7, 200 epochs), "
                         "a DDT tokenizer (ddt_*) or the spatial VQ baseline (vqvit_*)")
@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     g.epilog += ("\n  generator.<field> = ...   # any field of the model's config (below), e.g. generator.depth=6"
                  "\n\n" + family_help("generator"))
     g.set_defaults(func=main_generator)
+    from detok.cli.mllm import add_train_parser
+
+    add_train_parser(what)
 
 
 def main_generator(args: argparse.Namespace) -> dict[str, Any]:
