@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,8 @@ def test_cli_generate_caption_edit(ddt_run, tmp_path, capsys):
                  "--out", str(run), "train.max_steps=2", "train.global_batch_size=8", "data.size=32",
                  "sample_prompts=2", "train.progress=false"]) == 0
     assert (run / "samples.png").stat().st_size > 0 and (run / "vocab" / "text_tokenizer.json").is_file()
-    assert main(["generate", str(run), "--prompt", "two red circles on the left", "--prompt", "one blue star",
+    texts = json.loads((run / "tokens" / "tokens.json").read_text())  # 32 training scenes: use words they hold
+    assert main(["generate", str(run), "--prompt", texts["captions"][0], "--prompt", texts["captions"][1],
                  "-n", "3", "--cfg-scale", "2"]) == 0
     with Image.open(run / "generate.png") as im:
         assert im.size[0] > 3 * 32 and im.size[1] >= 2 * 32  # 2 rows of 3 images
@@ -137,7 +139,7 @@ def test_cli_generate_caption_edit(ddt_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(run), str(image)]) == 0
     assert str(image) in capsys.readouterr().out
-    assert main(["edit", str(run), str(image), "--instruction", "make it red", "-n", "2"]) == 0
+    assert main(["edit", str(run), str(image), "--instruction", texts["instructions"][0], "-n", "2"]) == 0
     assert (run / "edit.png").stat().st_size > 0
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "two purple zebras"]) == 2

@@ -28,9 +28,10 @@ def add_parser(sub) -> None:
                    help="training images encoded (with their flips) for the generators (0 = all)")
     p.add_argument("--eval-samples", type=int, default=500,
                    help="samples per generator for its FID in domain-classifier features (0 = no FID)")
-    p.add_argument("--with", dest="with_parts", default="", choices=["", "ddt"],
+    p.add_argument("--with", dest="with_parts", default="", choices=["", "ddt", "mllm"],
                    help="also train the discrete part: 'ddt' = a DDT tokenizer (discrete diffusion-timestep tokens) "
-                        "and the ddt_ar LLaMA on its ids, reported under summary['ddt']")
+                        "and the ddt_ar LLaMA on its ids, reported under summary['ddt']; 'mllm' = that, then the "
+                        "multimodal LM on the DDT tokens (text-to-image, captions, edits), under summary['mllm']")
     p.add_argument("--ddt-on", default="latents", choices=["latents", "pixels"],
                    help="with --with ddt: the DDT tokenizer reads this quickstart's l-DeTok latents, or the pixels")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="tokenizer run overrides, e.g. train.max_steps=50")
@@ -43,7 +44,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = quickstart(args.data, args.out, steps=args.steps, generator_steps=args.generator_steps,
                          generators=args.generators, cache_images=args.cache_images, eval_samples=args.eval_samples,
                          overrides=args.overrides, decoder_ft_steps=args.decoder_ft_steps,
-                         with_ddt=args.with_parts == "ddt", ddt_on=args.ddt_on)
+                         with_ddt=args.with_parts in ("ddt", "mllm"), ddt_on=args.ddt_on,
+                         with_mllm=args.with_parts == "mllm")
     print_summary(f"detok quickstart ({args.data}) -> {Path(args.out) / 'summary.json'}", summary)
     print(results_table(summary), flush=True)
     return summary
@@ -85,5 +87,11 @@ def results_table(summary: dict) -> str:
         res.append(f"cfg {dg['cfg_scale']:g}")
         lines.append(f"{'ddt_ar':<22}{dg['model']:<16}{dg['steps']:>6}{dg['seconds']:>9.0f}  " + ", ".join(res))
         grids += [ddt["prefix_grid"], dg["samples"]]
+    mm = summary.get("mllm")
+    if mm:
+        lines.append(f"{'multimodal LM':<22}{mm['model']:<16}{mm['steps']:>6}{mm['seconds']:>9.0f}  GenEval-style "
+                     f"{mm['geneval']:.2f} (held-out pairs {mm['geneval_held_out']:.2f}), captions all-right "
+                     f"{mm['caption_overall']:.2f}, edit success {mm['edit_success']:.2f}")
+        grids += [g for g in (mm["samples"], *mm["grids"].values()) if g]
     lines.append(f"total {summary['total_seconds'] / 60:.1f} min; grids: " + ", ".join(grids))
     return "\n".join(lines)

@@ -413,7 +413,7 @@ def evaluate_mllm_run(run: str | Path, ecfg=None, *, out: str | Path = "", devic
         lambda images: caption(model, vocab, tok, images, batch_size=ecfg.batch_size),
         lambda images, instructions, rng: edit(model, vocab, tok, images, instructions, rng=rng,
                                                batch_size=ecfg.batch_size),
-        checker, ecfg, progress=progress)
+        checker, ecfg, progress=progress, device=dev)
     out_dir = Path(out) if out else loaded["run"]
     t2i = result["text_to_image"]
     grid = save_prompt_grid(t2i.pop("images"), [p["prompt"] for p in t2i["per_prompt"][:8]],

@@ -25,7 +25,7 @@ def quickstart(
     generators: str | list[str] = "sit,mar", cache_images: int = 5000, eval_samples: int = 500,
     overrides: list[str] | None = None, generator_overrides: dict[str, list[str]] | None = None,
     decoder_ft_steps: int = 0, with_ddt: bool = False, ddt_overrides: list[str] | None = None,
-    ddt_on: str = "latents",
+    ddt_on: str = "latents", with_mllm: bool = False, mllm_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train the quickstart tokenizer on `data`, cache its latents, train and score each generator family.
 
@@ -37,7 +37,9 @@ def quickstart(
     at the quickstart's budget it adds minutes for about +1 dB, docs/RESULTS.md). `with_ddt` adds the discrete
     part (`quickstart_ddt`): a DDT tokenizer, its token cache and `ddt_ar` on it, under summary["ddt"]
     (`ddt_overrides` apply to the DDT tokenizer run); `ddt_on="latents"` (default) puts the DDT tokenizer on
-    this quickstart's l-DeTok latents (`quickstart_ddt_latents`), "pixels" on the images.
+    this quickstart's l-DeTok latents (`quickstart_ddt_latents`), "pixels" on the images. `with_mllm` (implies
+    `with_ddt`) then trains the multimodal LM on the DDT tokens (`quickstart_mllm`: text-to-image, captioning,
+    editing) and scores it with the shapes checker, under summary["mllm"] (`mllm_overrides` apply to its run).
     """
     if data not in DATA_PRESETS:
         raise ValueError(f"unknown quickstart data {data!r}; choose one of {', '.join(DATA_PRESETS)}")
@@ -93,7 +95,10 @@ def quickstart(
         ddt_presets.append("quickstart_ddt_latents")
         ddt_over.insert(0, f"tokenizer.base_tokenizer={tok['run_dir']}")
     ddt = _quickstart_ddt(data, out, cfg.data, cache_images, eval_samples, generator_steps, ddt_presets, ddt_over,
-                          (generator_overrides or {}).get("ddt_ar", [])) if with_ddt else None
+                          (generator_overrides or {}).get("ddt_ar", [])) if with_ddt or with_mllm else None
+    if with_mllm and data != "shapes":
+        raise ValueError("the multimodal part needs captions: run it with --data shapes")
+    mllm = _quickstart_mllm(out, ddt["tokenizer"]["run_dir"], list(mllm_overrides or [])) if with_mllm else None
     dist.shutdown()
     grid = cfg.tokenizer.image_size // cfg.tokenizer.patch_size
     summary = {
@@ -112,6 +117,8 @@ def quickstart(
     }
     if ddt is not None:
         summary["ddt"] = ddt
+    if mllm is not None:
+        summary["mllm"] = mllm
     write_json(out / "summary.json", summary)
     return summary
 
@@ -156,6 +163,26 @@ def _quickstart_ddt(data: str, out: Path, data_cfg, cache_images: int, eval_samp
         result.update({k: scores[k] for k in ("fid", "class_accuracy") if k in scores})
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _quickstart_mllm(out: Path, ddt_run: str, overrides: list[str]) -> dict[str, Any]:
+    """The multimodal part: the LM over text + the DDT tokens (quickstart_mllm), scored GenEval-style."""
+    from detok.runs.mllm import evaluate_mllm_run, mllm_run_config, train_mllm
+
+    t0 = time.perf_counter()
+    cfg = mllm_run_config(["quickstart_mllm"], [f"tokenizer={ddt_run}", f"train.out_dir={out / 'mllm'}", *overrides])
+    res = train_mllm(cfg)
+    scores = evaluate_mllm_run(res["run_dir"])
+    t2i, cap, ed = scores["text_to_image"], scores["captions"], scores["edit"]
+    return {
+        "model": cfg.model, "steps": res["steps"], "seconds": res["seconds"], "parameters_m": res["parameters_m"],
+        "final_loss": res["final"].get("loss"), "samples": res.get("samples", {}).get("grid", ""),
+        "geneval": t2i["overall"], "geneval_held_out": t2i["groups"]["held_out"]["overall"],
+        "geneval_attributes": t2i["attributes"], "caption_accuracy": cap["attributes"],
+        "caption_overall": cap["overall"], "edit_success": ed["success"], "edit_by_attribute": ed["attributes"],
+        "checker_usable": scores["checker_usable"], "grids": scores["grids"], "run_dir": res["run_dir"],
+        "eval_seconds": scores["seconds"], "total_seconds": time.perf_counter() - t0,
+    }
 
 
 def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
