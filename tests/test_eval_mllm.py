@@ -23,6 +23,7 @@ from detok.eval.mllm import (
     score_captions,
     score_edit_predictions,
     score_edits,
+    score_reconstructions,
     score_text_to_image,
     text_to_image_prompts,
 )
@@ -86,6 +87,11 @@ def test_text_to_image_oracle_beats_noise(checker):
     n = len(text_to_image_prompts(CFG))
     assert oracle["n_prompts"] == n and oracle["n_images"] == n * CFG.images_per_prompt
     assert oracle["images"].shape == (8 * CFG.images_per_prompt, 3, 32, 32)
+    prompts = text_to_image_prompts(CFG)  # the grid: one prompt of each of 4 held-out pairs, then 4 seen ones
+    shown = [prompts[i] for i in oracle["shown"]]
+    assert [p["group"] for p in shown] == ["held_out"] * 4 + ["seen"] * 4
+    assert len({(p["scene"].colour, p["scene"].kind) for p in shown[:4]}) == 4
+    assert torch.equal(oracle["images"][0], _oracle_generate(CFG)([prompts[oracle["shown"][0]]["prompt"]], None)[0])
     # all six right: bounded by the small checker's weak shape head (~0.4 measured; a usable one gives ~0.9)
     assert oracle["overall"] > 0.25 and noise["overall"] < 0.05, (oracle["overall"], noise["overall"])
     for group in ("held_out", "seen"):
@@ -156,6 +162,18 @@ def _true_captions(cfg: MLLMEvalConfig) -> dict[bytes, str]:
     return {_key(val[i]["image"]): val[i]["caption"] for i in range(len(val))}
 
 
+def test_through_tokenizer_ceiling(checker):
+    """The checker on reconstructions: identity = the checker on val, noise = nothing right."""
+    identity = score_reconstructions(lambda x, rng: x.clone(), checker, CFG)
+    noise = score_reconstructions(lambda x, rng: torch.rand(x.shape, generator=rng) * 2 - 1, checker, CFG)
+    assert identity["n"] == noise["n"] == CFG.caption_images
+    for a in ATTRIBUTES:
+        assert identity["attributes"][a] > checker.val_accuracy[a] - 0.15, (a, identity["attributes"])
+    assert identity["overall"] > 0.25 and noise["overall"] < 0.05, (identity["overall"], noise["overall"])
+    with pytest.raises(ValueError, match="reconstruct returned"):
+        score_reconstructions(lambda x, rng: x[:, :1], checker, CFG)
+
+
 def test_captions_oracle_and_missing_background():
     truth = _true_captions(CFG)
     oracle = score_captions(lambda images: [truth[_key(x)] for x in images], CFG)
@@ -222,8 +240,11 @@ def test_edits_oracle_and_identity(checker):
     sources, results = identity["images"]
     assert sources.shape == results.shape == (8, 3, 32, 32) and torch.equal(sources, results)
     pairs = ShapesEditDataset(CFG.edit_pairs, CFG.image_size, CFG.data_seed, "val")
-    assert identity["instructions"] == [pairs.pair(i)[2] for i in range(8)]
-    assert torch.equal(sources[3], pairs[3]["source"])
+    shown = identity["shown"]  # round-robin over the edited attributes: every attribute before a repeat
+    edited = [pairs.pair(i)[3] for i in shown]
+    assert len(shown) == 8 and len(set(edited[:6])) == min(6, len(set(oracle["attributes"])))
+    assert identity["instructions"] == [pairs.pair(i)[2] for i in shown]
+    assert torch.equal(sources[3], pairs[shown[3]]["source"])
 
 
 def test_grids_write_png_of_expected_size(tmp_path):

@@ -91,7 +91,8 @@ def results_table(summary: dict) -> str:
     if mm:
         lines.append(f"{'multimodal LM':<22}{mm['model']:<16}{mm['steps']:>6}{mm['seconds']:>9.0f}  GenEval-style "
                      f"{mm['geneval']:.2f} (held-out pairs {mm['geneval_held_out']:.2f}), captions all-right "
-                     f"{mm['caption_overall']:.2f}, edit success {mm['edit_success']:.2f}")
+                     f"{mm['caption_overall']:.2f}, edit success {mm['edit_success']:.2f}; through the tokenizer "
+                     f"{mm['through_tokenizer']['overall']:.2f}")
         grids += [g for g in (mm["samples"], *mm["grids"].values()) if g]
     lines.append(f"total {summary['total_seconds'] / 60:.1f} min; grids: " + ", ".join(grids))
     return "\n".join(lines)

@@ -63,6 +63,7 @@ from detok.io import atomic_write
 GenerateFn = Callable[[list[str], torch.Generator], torch.Tensor]  # prompts (B) -> images (B, 3, H, W) in [-1, 1]
 CaptionFn = Callable[[torch.Tensor], list[str]]  # images (B, 3, H, W) in [-1, 1] -> captions (B)
 EditFn = Callable[[torch.Tensor, list[str], torch.Generator], torch.Tensor]  # sources, instructions -> edited
+ReconstructFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # images -> detokenize(tokenize(images))
 
 GROUPS = ("held_out", "seen")  # the text-to-image prompt groups, in prompt order
 SHOWN = 8  # prompts / edit pairs whose images are returned for the PNG grids
@@ -116,6 +117,18 @@ def _cat_predictions(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {a: torch.cat([c[a] for c in chunks]) for a in ATTRIBUTE_NAMES}
 
 
+def _spread(keys: Sequence[Any], n: int) -> list[int]:
+    """n indices taken round-robin over the distinct keys (in order of first appearance), each key's items
+    in order: the grid rows of `SHOWN` show every kind of item before repeating one."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    picked: list[int] = []
+    for r in range(max((len(g) for g in groups.values()), default=0)):
+        picked += [g[r] for g in groups.values() if r < len(g)]
+    return picked[:n]
+
+
 def _mean(values: Sequence[bool] | torch.Tensor) -> float:
     """The share of true values (nan when there are none)."""
     values = torch.as_tensor(values, dtype=torch.float64)
@@ -153,6 +166,16 @@ def text_to_image_prompts(cfg: MLLMEvalConfig) -> list[dict[str, Any]]:
     return items
 
 
+def shown_prompt_indices(prompts: Sequence[dict[str, Any]], per_pair: int) -> list[int]:
+    """The SHOWN prompts of the text-to-image grid: the first prompt of each held-out pair (up to SHOWN / 2),
+    then seen prompts, then more held-out ones if seen prompts run short."""
+    held = [i for i, p in enumerate(prompts) if p["group"] == "held_out"]
+    seen = [i for i, p in enumerate(prompts) if p["group"] == "seen"]
+    first = held[:: max(per_pair, 1)][: SHOWN // 2]
+    rest = [i for i in held if i not in first]
+    return (first + seen + rest)[:SHOWN]
+
+
 def score_text_to_image(
     generate: GenerateFn, checker: ShapesChecker, cfg: MLLMEvalConfig, progress: bool = False,
     device: str | torch.device = "cpu",
@@ -163,21 +186,22 @@ def score_text_to_image(
     cfg.batch_size with one torch.Generator (on `device`) seeded once from cfg.seed. Returns {"overall",
     "attributes": {attribute: accuracy}, "groups": {"held_out" | "seen": {"overall", "attributes",
     "n_prompts"}}, "n_prompts", "images_per_prompt", "n_images", "per_prompt": [{"prompt", "group",
-    "correct": share of its images with every attribute right}], "images": the images of the first
-    SHOWN prompts, (min(SHOWN, n_prompts) * images_per_prompt, 3, H, W) in [-1, 1], for a PNG grid}.
+    "correct": share of its images with every attribute right}], "shown": the indices of the SHOWN
+    prompts of the grid (the first prompt of each held-out pair, then seen prompts: shown_prompts),
+    "images": their images, (len(shown) * images_per_prompt, 3, H, W) in [-1, 1], prompt-major}.
     """
     prompts = text_to_image_prompts(cfg)
     per = cfg.images_per_prompt
     texts = [p["prompt"] for p in prompts for _ in range(per)]  # (P * R,) prompt-major
     wanted = [p["wanted"] for p in prompts for _ in range(per)]
-    keep = min(SHOWN, len(prompts)) * per  # images kept for the grid
+    shown_prompts = shown_prompt_indices(prompts, cfg.held_out_per_pair)
+    keep = {i * per + j for i in shown_prompts for j in range(per)}  # image indices kept for the grid
     rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    chunks, shown = [], []
+    chunks, shown = [], {}
     for a, b in tqdm(_batches(len(texts), cfg.batch_size), desc="mllm eval: text-to-image", disable=not progress):
         images = _check_images(generate(texts[a:b], rng), b - a, "generate")  # (b - a, 3, H, W)
         chunks.append(checker.predict(images))
-        if a < keep:
-            shown.append(images[: keep - a])
+        shown.update({k: images[k - a] for k in range(a, b) if k in keep})
     pred = _cat_predictions(chunks)
     scores = score_prompts(pred, wanted)
     correct = torch.tensor(scores["correct"], dtype=torch.float64).view(len(prompts), per)  # (P, R)
@@ -197,7 +221,8 @@ def score_text_to_image(
         "n_images": len(texts),
         "per_prompt": [{"prompt": p["prompt"], "group": p["group"], "correct": float(correct[i].mean())}
                        for i, p in enumerate(prompts)],  # fmt: skip
-        "images": torch.cat(shown) if shown else empty,
+        "shown": shown_prompts,
+        "images": torch.stack([shown[i * per + j] for i in shown_prompts for j in range(per)]) if shown else empty,
     }
 
 
@@ -245,6 +270,28 @@ def score_captions(caption: CaptionFn, cfg: MLLMEvalConfig, progress: bool = Fal
         out["groups"][group] = {k: sub[k] for k in ("overall", "attributes", "n")}
     out["examples"] = [{"truth": s.caption, "caption": c} for s, c in zip(scenes[:SHOWN], captions[:SHOWN])]
     return out
+
+
+def score_reconstructions(
+    reconstruct: ReconstructFn, checker: ShapesChecker, cfg: MLLMEvalConfig, progress: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """The ceiling the image tokens allow: the checker on the first cfg.caption_images val images after
+    reconstruct (tokenize -> detokenize), against their true attributes.
+
+    A text-to-image sample can only be as right as its tokens can carry: if the tokenizer loses the shape,
+    no LM over its ids can draw it. Returns score_prompts' {"overall", "attributes"} and "n".
+    """
+    val = ShapesDataset(cfg.caption_images, cfg.image_size, cfg.data_seed, "val")
+    scenes = [val.scene(i) for i in range(len(val))]
+    rng = torch.Generator(device=device).manual_seed(cfg.seed)
+    chunks = []
+    for a, b in tqdm(_batches(len(val), cfg.batch_size), desc="mllm eval: through the tokenizer",
+                     disable=not progress):  # fmt: skip
+        images = torch.stack([to_tensor(val.render(s)) for s in scenes[a:b]])  # (b - a, 3, S, S)
+        chunks.append(checker.predict(_check_images(reconstruct(images, rng), b - a, "reconstruct")))
+    scores = score_prompts(_cat_predictions(chunks), [scene_labels(s) for s in scenes])
+    return {"overall": scores["overall"], "attributes": scores["attributes"], "n": len(scenes)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,32 +345,26 @@ def score_edits(
     result prediction, edited attribute, the target scene's value). One torch.Generator (on `device`)
     seeded once from cfg.seed. Returns score_edit_predictions' {"success", "attributes",
     "asked_changed", "others_kept", "n"}, plus "oracle" / "oracle_attributes": the success with the true
-    target images as results (the ceiling the checker allows), "images": (sources, results) of the first
-    SHOWN pairs, "instructions": their instructions.
+    target images as results (the ceiling the checker allows), "shown": the indices of SHOWN pairs taken
+    round-robin over the edited attributes, "images": their (sources, results), "instructions": theirs.
     """
     pairs = ShapesEditDataset(cfg.edit_pairs, cfg.image_size, cfg.data_seed, "val")
+    items = [pairs.pair(i) for i in range(len(pairs))]  # (source, target, instruction, attribute) scenes
+    attributes = [item[3] for item in items]
+    wanted = [scene_labels(item[1])[item[3]] for item in items]
+    instructions = [item[2] for item in items]
+    keep = _spread(attributes, SHOWN)
     rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    attributes, wanted, instructions = [], [], []
     src_chunks, out_chunks, tgt_chunks = [], [], []
-    shown_src, shown_out = [], []
+    shown: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for a, b in tqdm(_batches(len(pairs), cfg.batch_size), desc="mllm eval: edits", disable=not progress):
-        sources, targets, texts = [], [], []
-        for i in range(a, b):
-            source, target, instruction, attribute = pairs.pair(i)
-            sources.append(to_tensor(pairs.shapes.render(source)))
-            targets.append(to_tensor(pairs.shapes.render(target)))
-            texts.append(instruction)
-            attributes.append(attribute)
-            wanted.append(scene_labels(target)[attribute])
-        src = torch.stack(sources)  # (b - a, 3, S, S)
-        results = _check_images(edit(src, texts, rng), b - a, "edit")  # (b - a, 3, H, W)
+        src = torch.stack([to_tensor(pairs.shapes.render(items[i][0])) for i in range(a, b)])  # (b - a, 3, S, S)
+        tgt = torch.stack([to_tensor(pairs.shapes.render(items[i][1])) for i in range(a, b)])  # (b - a, 3, S, S)
+        results = _check_images(edit(src, instructions[a:b], rng), b - a, "edit")  # (b - a, 3, H, W)
         src_chunks.append(checker.predict(src))
         out_chunks.append(checker.predict(results))
-        tgt_chunks.append(checker.predict(torch.stack(targets)))
-        instructions += texts
-        if a < SHOWN:
-            shown_src.append(src[: SHOWN - a])
-            shown_out.append(results[: SHOWN - a])
+        tgt_chunks.append(checker.predict(tgt))
+        shown.update({i: (src[i - a], results[i - a]) for i in keep if a <= i < b})
     pred_src = _cat_predictions(src_chunks)
     out = score_edit_predictions(pred_src, _cat_predictions(out_chunks), attributes, wanted)
     oracle = score_edit_predictions(pred_src, _cat_predictions(tgt_chunks), attributes, wanted)
@@ -332,8 +373,10 @@ def score_edits(
     out.update(
         oracle=oracle["success"],
         oracle_attributes=oracle["attributes"],
-        images=(torch.cat(shown_src) if shown_src else empty, torch.cat(shown_out) if shown_out else empty),
-        instructions=instructions[:SHOWN],
+        shown=keep,
+        images=(torch.stack([shown[i][0] for i in keep]) if keep else empty,
+                torch.stack([shown[i][1] for i in keep]) if keep else empty),
+        instructions=[instructions[i] for i in keep],
     )
     return out
 
@@ -399,12 +442,13 @@ def save_edit_grid(sources: torch.Tensor, results: torch.Tensor, instructions: S
 
 def evaluate_mllm(
     generate: GenerateFn, caption: CaptionFn, edit: EditFn, checker: ShapesChecker, cfg: MLLMEvalConfig,
-    progress: bool = False, device: str | torch.device = "cpu",
+    progress: bool = False, device: str | torch.device = "cpu", reconstruct: ReconstructFn | None = None,
 ) -> dict[str, Any]:
     """All three scores: {"text_to_image", "captions", "edit", "checker": its val accuracy, "checker_usable",
     "held_out_pairs": [[colour, shape], ...]}, plus "warning" (the usability message) when the checker is
-    below USABLE_ACCURACY on some attribute: then the scores are recorded but not trustworthy.
-    `device`: where the generators passed to generate / edit live (the model's device)."""
+    below USABLE_ACCURACY on some attribute: then the scores are recorded but not trustworthy, and
+    "through_tokenizer" (score_reconstructions) when `reconstruct` is given.
+    `device`: where the generators passed to generate / edit / reconstruct live (the model's device)."""
     result: dict[str, Any] = {
         "text_to_image": score_text_to_image(generate, checker, cfg, progress, device),
         "captions": score_captions(caption, cfg, progress),
@@ -413,6 +457,8 @@ def evaluate_mllm(
         "checker_usable": checker.usable,
         "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
     }
+    if reconstruct is not None:
+        result["through_tokenizer"] = score_reconstructions(reconstruct, checker, cfg, progress, device)
     if not checker.usable:
         result["warning"] = checker.usability_message()
     return result
@@ -454,6 +500,10 @@ def print_mllm_table(result: dict[str, Any]) -> None:
                   row("  model", ed, "success"),
                   row("  oracle (true target)", {"overall": ed.get("oracle"),
                                                  "attributes": ed.get("oracle_attributes", {})}), ""]  # fmt: skip
+    ceiling = result.get("through_tokenizer")
+    if ceiling:
+        lines += [f"Through the tokenizer: checker on {ceiling['n']} reconstructed val images (the ceiling the "
+                  "tokens allow)", head, row("  reconstructions", ceiling), ""]
     if "checker" in result:
         acc = result["checker"]
         lines.append("checker val accuracy: " + " ".join(f"{a} {acc[a]:.3f}" for a in ATTRIBUTE_NAMES if a in acc)

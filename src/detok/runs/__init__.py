@@ -25,6 +25,8 @@ _EXPORTS = {
     "quickstart": "quickstart",
     "convert": "convert",
     "GenerationProbe": "probe",
+    "MLLMRunConfig": "mllm", "mllm_run_config": "mllm", "train_mllm": "mllm", "load_mllm": "mllm",
+    "generate": "mllm", "caption": "mllm", "edit": "mllm", "read_images": "mllm", "evaluate_mllm_run": "mllm",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -392,6 +392,17 @@ def read_images(paths: list[str], image_size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def _reconstruct(tok, images: torch.Tensor, rng: torch.Generator, batch_size: int) -> torch.Tensor:
+    """detokenize(tokenize(images)) in batches: what the image tokens can carry at best."""
+    device = next(tok.parameters()).device
+    out = []
+    for a in range(0, len(images), batch_size):
+        ids = tok.tokenize(images[a : a + batch_size].to(device))  # (B, K)
+        out.append(tok.detokenize(ids, rng=rng).float().clamp(-1, 1).cpu())  # (B, 3, H, W)
+    return torch.cat(out)
+
+
 def evaluate_mllm_run(run: str | Path, ecfg=None, *, out: str | Path = "", device: str = "auto",
                       progress: bool = True) -> dict[str, Any]:
     """GenEval-style text-to-image score, caption accuracy and edit success of a run (EMA weights), with the
@@ -413,7 +424,8 @@ def evaluate_mllm_run(run: str | Path, ecfg=None, *, out: str | Path = "", devic
         lambda images: caption(model, vocab, tok, images, batch_size=ecfg.batch_size),
         lambda images, instructions, rng: edit(model, vocab, tok, images, instructions, rng=rng,
                                                batch_size=ecfg.batch_size),
-        checker, ecfg, progress=progress, device=dev)
+        checker, ecfg, progress=progress, device=dev,
+        reconstruct=lambda images, rng: _reconstruct(tok, images, rng, ecfg.batch_size))
     out_dir = Path(out) if out else loaded["run"]
     t2i = result["text_to_image"]
     grid = save_prompt_grid(t2i.pop("images"), [p["prompt"] for p in t2i["per_prompt"][:8]],

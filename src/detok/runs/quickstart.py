@@ -180,7 +180,7 @@ def _quickstart_mllm(out: Path, ddt_run: str, overrides: list[str]) -> dict[str,
         "geneval": t2i["overall"], "geneval_held_out": t2i["groups"]["held_out"]["overall"],
         "geneval_attributes": t2i["attributes"], "caption_accuracy": cap["attributes"],
         "caption_overall": cap["overall"], "edit_success": ed["success"], "edit_by_attribute": ed["attributes"],
-        "checker_usable": scores["checker_usable"], "grids": scores["grids"], "run_dir": res["run_dir"],
+        "through_tokenizer": scores["through_tokenizer"], "checker_usable": scores["checker_usable"], "grids": scores["grids"], "run_dir": res["run_dir"],
         "eval_seconds": scores["seconds"], "total_seconds": time.perf_counter() - t0,
     }
 
