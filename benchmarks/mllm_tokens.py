@@ -142,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"mllm_tokens: --seeds must be comma-separated integers, got {args.seeds!r}", file=sys.stderr)
         return 2
-    for name in ("ddt", "vq"):
+    names = [args.only] if args.only else ["ddt", "vq"]
+    for name in names:
         if not Path(getattr(args, name)).is_dir():
             print(f"mllm_tokens: --{name} {getattr(args, name)} is not a run folder", file=sys.stderr)
             return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    names = [args.only] if args.only else ["ddt", "vq"]
     t0 = time.perf_counter()
     for name in names:
         for seed in seeds:

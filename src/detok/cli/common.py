@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from detok.config import field_help
@@ -78,3 +80,21 @@ def print_summary(title: str, data: dict[str, Any]) -> None:
 
     bar = "=" * max(20, len(title) + 4)
     print("\n".join([bar, f"  {title}", bar, *lines(data, 2), bar]), flush=True)
+
+
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str | None]) -> list[str]:
+    """The positional key=value overrides, then `key=value` for every flag given (config key -> flag value)."""
+    return [*args.overrides, *(f"{key}={value}" for key, value in flags.items() if value)]
+
+
+def run_training(title: str, train: Callable[..., dict[str, Any]], cfg: Any, resume: bool) -> dict[str, Any]:
+    """train(cfg, resume=resume), then the process group shut down, then the summary printed on rank 0."""
+    from detok import dist
+
+    try:
+        summary = train(cfg, resume=resume)
+    finally:
+        dist.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(title, summary)
+    return summary

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from detok.cli.common import add_config_args, family_help, print_summary
+from detok.cli.common import add_config_args, family_help, flag_overrides, print_summary, run_training
 
 
 def add_train_parser(what) -> None:
@@ -29,21 +28,10 @@ def add_train_parser(what) -> None:
 
 
 def main_train(args: argparse.Namespace) -> dict[str, Any]:
-    from detok import dist
     from detok.runs.mllm import mllm_run_config, train_mllm
 
-    overrides = list(args.overrides)
-    for key, value in (("model", args.model), ("tokenizer", args.tokenizer), ("train.out_dir", args.out)):
-        if value:
-            overrides.append(f"{key}={value}")
-    cfg = mllm_run_config(args.config, overrides)
-    try:
-        summary = train_mllm(cfg, resume=args.resume)
-    finally:
-        dist.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print_summary("detok train mllm", summary)
-    return summary
+    overrides = flag_overrides(args, {"model": args.model, "tokenizer": args.tokenizer, "train.out_dir": args.out})
+    return run_training("detok train mllm", train_mllm, mllm_run_config(args.config, overrides), args.resume)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

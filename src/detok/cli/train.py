@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from detok.cli.common import add_config_args, family_help, print_summary
+from detok.cli.common import add_config_args, family_help, flag_overrides, run_training
 
 
 def add_parser(sub) -> None:
@@ -47,38 +46,19 @@ def add_parser(sub) -> None:
 
 
 def main_generator(args: argparse.Namespace) -> dict[str, Any]:
-    from detok import dist
     from detok.runs.config import generator_config
     from detok.runs.train import train_generator
 
-    overrides = list(args.overrides)
-    for key, value in (("model", args.model), ("tokenizer", args.tokenizer), ("cache", args.cache),
-                       ("train.out_dir", args.out)):
-        if value:
-            overrides.append(f"{key}={value}")
-    cfg = generator_config(args.config, overrides)
-    try:
-        summary = train_generator(cfg, resume=args.resume)
-    finally:
-        dist.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print_summary("detok train generator", summary)
-    return summary
+    overrides = flag_overrides(args, {"model": args.model, "tokenizer": args.tokenizer, "cache": args.cache,
+                                      "train.out_dir": args.out})  # fmt: skip
+    return run_training("detok train generator", train_generator, generator_config(args.config, overrides),
+                        args.resume)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from detok import dist
     from detok.runs.config import tokenizer_config
     from detok.runs.train import train_tokenizer
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"train.out_dir={args.out}")
-    cfg = tokenizer_config(args.model, args.config, overrides)
-    try:
-        summary = train_tokenizer(cfg, resume=args.resume)
-    finally:
-        dist.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print_summary("detok train tokenizer", summary)
-    return summary
+    overrides = flag_overrides(args, {"train.out_dir": args.out})
+    return run_training("detok train tokenizer", train_tokenizer, tokenizer_config(args.model, args.config, overrides),
+                        args.resume)
