@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from detok.config import option
@@ -70,6 +70,7 @@ SHOWN = 8  # prompts / edit pairs whose images are returned for the PNG grids
 GRID_MIN_SIDE = 128  # grid tiles are enlarged (nearest, integer factor) to at least this side: 32 px -> 4x
 GRID_PAD = 2  # pixels between grid tiles
 TEXT_PAD = 6  # pixels around the text column of a grid
+FONT_SIZE = 14  # of the prompts and instructions beside grid rows
 _SPACES = re.compile(r"\s+")
 
 
@@ -386,10 +387,18 @@ def score_edits(
 # ---------------------------------------------------------------------------------------------------
 
 
+def _font() -> ImageFont.ImageFont:
+    """PIL's default font at FONT_SIZE (its scalable version, Pillow >= 10.1; else the small bitmap one)."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # an older Pillow: no size
+        return ImageFont.load_default()
+
+
 def _text_width(texts: Sequence[str]) -> int:
-    """Pixel width of the widest text in PIL's default font (0 when there is none)."""
+    """Pixel width of the widest text in the grid font (0 when there is none)."""
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return math.ceil(max((draw.textlength(t) for t in texts), default=0))
+    return math.ceil(max((draw.textlength(t, font=_font()) for t in texts), default=0))
 
 
 def _labelled_grid(images: torch.Tensor, texts: Sequence[str], per_row: int, path: str | Path) -> Path:
@@ -412,7 +421,7 @@ def _labelled_grid(images: torch.Tensor, texts: Sequence[str], per_row: int, pat
     draw = ImageDraw.Draw(canvas)
     cell = x.shape[-2] + GRID_PAD
     for r, text in enumerate(texts):
-        draw.text((TEXT_PAD, GRID_PAD + r * cell + cell // 2 - 6), text, fill="black")
+        draw.text((TEXT_PAD, GRID_PAD + r * cell + cell // 2 - FONT_SIZE // 2), text, fill="black", font=_font())
     return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
