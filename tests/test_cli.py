@@ -149,6 +149,9 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
     assert any(not torch.equal(p, stage2.decoder.state_dict()[n]) for n, p in stage1.decoder.state_dict().items())
     assert tok["bicubic"]["latent_values"] == math.prod(tok["latent_shape"]) and tok["bicubic"]["psnr"] > 0
     assert Path(tok["reconstructions"]).exists()
+    acc = tok["class_accuracy"]  # the same (fake) net as the FID: real / reconstruction / bicubic top-1
+    assert acc["n"] == 1000 and acc["classifier"] == "fake-projection"
+    assert all(0.0 <= acc[k] <= 1.0 for k in ("real", "reconstruction", "bicubic"))
     sit = summary["generators"]["sit"]
     assert sit["steps"] == 2 and sit["fid_samples"] == 250 and sit["fid"] >= 0  # one batch of 250 at least
     assert sit["fid_features"] == "fake-projection" and Path(sit["samples"]).exists()

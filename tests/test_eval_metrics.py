@@ -471,3 +471,41 @@ def test_bicubic_baseline_keeps_at_most_the_latents_numbers_and_improves_with_th
     scores = [float(psnr_per_image(to_uint8(bicubic_baseline(smooth, v)), to_uint8(smooth)).mean()) for v in (48, 192, 768)]
     assert scores[0] < scores[1] < scores[2], scores
     assert bicubic_baseline(smooth, 192).shape == smooth.shape
+
+
+def test_reconstruct_reports_the_classifiers_accuracy_on_originals_reconstructions_and_bicubic(tmp_path):
+    """With a classifier, `reconstruct` scores the same n images three ways; a lossless tokenizer gets the
+    originals' accuracy on its reconstructions, and each count matches the classifier run directly."""
+    from detok.data import build_dataset
+    from detok.data.build import DataConfig
+    from detok.eval.domain import class_accuracy
+    from detok.eval.recon import bicubic_baseline, to_uint8
+    from detok.runs.reconstruct import reconstruct
+
+    class Lossless(torch.nn.Module):  # a "tokenizer" whose latent is the image itself
+        latent_shape = (3, 16, 16)
+
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    class ColourNet:  # predicts the class from the mean of the red channel: right on some images, not all
+        name = "colour-rule"
+
+        def __call__(self, images):
+            red = images[:, 0].float().mean((1, 2))  # (B,)
+            return {"logits": torch.nn.functional.one_hot((red / 25.6).long().clamp(0, 9), 10).float()}
+
+    data = build_dataset(DataConfig(name="shapes", image_size=16), "val")
+    out = reconstruct(Lossless(), data, tmp_path, torch.device("cpu"), n=40, batch_size=16, progress=False,
+                      classifier=ColourNet())
+    acc = out["class_accuracy"]
+    x = torch.stack([data[i]["image"] for i in range(40)])  # (40, 3, 16, 16)
+    y = torch.tensor([data[i]["label"] for i in range(40)])
+    assert acc["n"] == 40 and acc["classifier"] == "colour-rule"
+    assert acc["real"] == acc["reconstruction"] == pytest.approx(class_accuracy(ColourNet(), to_uint8(x), y))
+    expected = class_accuracy(ColourNet(), to_uint8(bicubic_baseline(x, 3 * 16 * 16)), y)
+    assert acc["bicubic"] == pytest.approx(expected)
+    assert "class_accuracy" not in reconstruct(Lossless(), data, tmp_path, torch.device("cpu"), n=8, progress=False)

@@ -188,3 +188,41 @@ def test_rope_table_fast_path_equals_the_general_formula():
         torch.testing.assert_close(
             apply_rope_table(x, rope_table(4, 32, layout)), apply_rope(x, theta.cos(), theta.sin()), rtol=1e-5, atol=1e-5
         )
+
+
+def test_corruption_strength_scales_the_same_draws_and_zero_means_none():
+    """`strength` multiplies the drawn mask ratios and noise levels; at 0 the training forward corrupts
+    nothing: no mask, tau 0, the decoder sees the posterior sample."""
+    model = DeTok(detok_config("detok_tiny", mask_per_sample=True, mask_low=0.2, mask_ratio=0.9)).train()
+    x = _images()
+    _, _, full = model(x, rng=torch.Generator().manual_seed(5))
+    _, _, half = model(x, rng=torch.Generator().manual_seed(5), strength=0.5)
+    torch.testing.assert_close(half.mask_ratio, full.mask_ratio * 0.5)  # the ratio is the first draw
+    assert (full.tau > 0).all() and (full.mask_ratio > 0).all()
+    noise_only = DeTok(detok_config("detok_tiny", mask_ratio=0.0)).train()  # same draws before tau at any strength
+    _, _, full = noise_only(x, rng=torch.Generator().manual_seed(5))
+    _, _, half = noise_only(x, rng=torch.Generator().manual_seed(5), strength=0.5)
+    torch.testing.assert_close(half.tau, full.tau * 0.5)
+    recon, _, none = model(x, rng=torch.Generator().manual_seed(5), strength=0.0)
+    assert none.mask is None and (none.tau == 0).all() and (none.mask_ratio == 0).all()
+
+
+def test_corruption_anneal_fades_the_last_fraction_of_training_linearly_to_zero(tmp_path):
+    """train_tokenizer with corruption_anneal=0.5 over 8 steps: full strength for steps 0-3, then 0.75, 0.5,
+    0.25, 0 (logged per step), while the default run logs no strength and corrupts to the end."""
+    import json
+
+    from detok.runs import tokenizer_config, train_tokenizer
+
+    common = ["tokenizer.image_size=16", "data.name=shapes", "data.image_size=16", "data.shapes_size=64",
+              "data.num_workers=0", "train.global_batch_size=4", "train.max_steps=8", "train.log_every=1",
+              "train.ckpt_every=100", "train.progress=false", "stats_images=8", "loss.perceptual_weight=0"]
+    train_tokenizer(tokenizer_config("detok_tiny", [], [*common, f"train.out_dir={tmp_path / 'a'}",
+                                                        "corruption_anneal=0.5"]), recon_images=0)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    strength = [r["corruption_strength"] for r in rows if "corruption_strength" in r]
+    assert strength == pytest.approx([1, 1, 1, 1, 0.75, 0.5, 0.25, 0.0])
+    assert rows[-1]["tau"] == 0 and rows[-1]["mask_ratio"] == 0
+    train_tokenizer(tokenizer_config("detok_tiny", [], [*common, f"train.out_dir={tmp_path / 'b'}"]), recon_images=0)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("corruption_strength" in r for r in rows) and any(r.get("tau", 0) > 0 for r in rows)

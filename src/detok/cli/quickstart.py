@@ -66,6 +66,11 @@ def results_table(summary: dict) -> str:
         side = bic["side"]
         lines.append(f"{'bicubic baseline':<22}{f'{side}x{side} px':<16}{'-':>6}{'-':>9}  PSNR {bic['psnr']:.2f} dB, "
                      f"SSIM {bic['ssim']:.3f} ({bic['values']} numbers vs the latent's {bic['latent_values']})")
+    acc = tok.get("class_accuracy")
+    if acc:
+        lines.append(f"{'class accuracy':<22}{acc['classifier']:<16}{'-':>6}{'-':>9}  real {acc['real']:.2f}, "
+                     f"reconstructions {acc['reconstruction']:.2f}, bicubic {acc['bicubic']:.2f} ({acc['n']} val "
+                     f"images; a generator's samples cannot show much more than the reconstructions)")
     for name, g in summary["generators"].items():
         res = []
         if "fid" in g:

@@ -40,9 +40,11 @@ class TokenizerTask(Task):
 
     ema_module = "model"
 
-    def __init__(self, model: DeTok, loss: TokenizerLoss, disc_start_step: int, hflip: bool = True) -> None:
+    def __init__(self, model: DeTok, loss: TokenizerLoss, disc_start_step: int, hflip: bool = True,
+                 anneal_steps: tuple[int, int] | None = None) -> None:
         self.model, self.loss = model, loss
         self.disc_start_step = disc_start_step
+        self.anneal_steps = anneal_steps  # (first, last) step of the corruption anneal, or None (off)
         self.hflip = hflip
         self.forward_model: nn.Module = model
         self.forward_disc: nn.Module = _DiscriminatorPair(loss.discriminator)
@@ -76,18 +78,28 @@ class TokenizerTask(Task):
         self.forward_model = wrap(self.model, find_unused=True)
         self.forward_disc = wrap(_DiscriminatorPair(self.loss.discriminator))
 
+    def strength(self, step: int) -> float:
+        """Corruption strength at `step`: 1 until the anneal starts, then linearly down to 0 at its last step."""
+        if self.anneal_steps is None or step < self.anneal_steps[0]:
+            return 1.0
+        first, last = self.anneal_steps
+        return max(0.0, 1.0 - (step - first + 1) / max(1, last - first + 1))
+
     def step(self, batch: dict[str, Any], step: int, rng: torch.Generator):
         x = batch["image"]  # (B, 3, H, W) in [-1, 1]
         if self.hflip:
             flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5  # (B,)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        recon, kl, corruption = self.forward_model(x, rng=rng)
+        strength = self.strength(step)
+        recon, kl, corruption = self.forward_model(x, rng=rng, strength=strength)
         gan = step >= self.disc_start_step
         out = self.loss.generator_loss(x, recon, kl, gan_active=gan)
         losses = {"ae": out["loss"]}
         logs = {k: v.detach() for k, v in out.items()}
         logs["mask_ratio"] = corruption.mask_ratio.mean()
         logs["tau"] = corruption.tau.mean()
+        if self.anneal_steps is not None:
+            logs["corruption_strength"] = torch.tensor(strength)
         if corruption.mean_std is not None:
             logs["latent_mean_std"] = corruption.mean_std
             # every INFLATION_CHECK_EVERY steps: float() is a host sync on GPUs (and impossible on meta)

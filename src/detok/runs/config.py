@@ -57,6 +57,9 @@ class TokenizerRunConfig:
     train: TrainConfig = option(factory=TrainConfig)
     disc_start_epoch: float = option(100.0, "GAN on from this epoch (paper: 100 of 200)", min=0)
     decoder_only: bool = option(False, "freeze the encoder (decoder fine-tuning)")
+    corruption_anneal: float = option(
+        0.0, "fraction of the last training steps over which the corruption fades linearly to none (noise level "
+             "tau and mask ratio scaled by 1 -> 0); 0 = off (the paper: full corruption to the end)", min=0, max=1)
     init_from: str = option("", "initialise weights (EMA) from a detok checkpoint")
     stats_images: int = option(0, "images for latent statistics at the end; 0 = all", min=0)
     stats_of: Literal["mean", "sample"] = option(

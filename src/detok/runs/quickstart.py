@@ -17,6 +17,7 @@ from detok.runs.train import train_generator, train_tokenizer
 from detok.tokenizers.latents import write_cache
 from detok.tokenizers.load import load_tokenizer
 
+CEILING_IMAGES = 1000  # val images behind the tokenizer's class accuracy (real / reconstruction / bicubic)
 DATA_PRESETS = {"shapes": "quickstart_shapes", "fashion-mnist": "quickstart_fashion"}
 
 
@@ -63,6 +64,7 @@ def quickstart(
                     "tokenizer.mask_ratio=0.0"]
         tok = train_tokenizer(tokenizer_config(None, ft_presets, ft_over), recon_images=256)
     rec = tok["reconstruction"]
+    classes = _class_ceiling(tok["run_dir"], cfg.data) if eval_samples > 0 else None
     results: dict[str, Any] = {}
     if names:
         cache = out / "latents"
@@ -111,6 +113,7 @@ def quickstart(
             "stage1_psnr": stage1["reconstruction"]["psnr"],
             "latent_shape": [cfg.tokenizer.latent_dim, grid, grid], "gamma": cfg.tokenizer.gamma,
             "mask_ratio": cfg.tokenizer.mask_ratio, "reconstructions": rec["grid"], "run_dir": tok["run_dir"],
+            **({"class_accuracy": classes} if classes else {}),
         },
         "generators": results,
         "total_seconds": time.perf_counter() - t0,
@@ -183,6 +186,21 @@ def _quickstart_mllm(out: Path, ddt_run: str, overrides: list[str]) -> dict[str,
         "through_tokenizer": scores["through_tokenizer"], "checker_usable": scores["checker_usable"], "grids": scores["grids"], "run_dir": res["run_dir"],
         "eval_seconds": scores["seconds"], "total_seconds": time.perf_counter() - t0,
     }
+
+
+def _class_ceiling(run_dir: str, data_cfg, n: int = CEILING_IMAGES) -> dict[str, Any]:
+    """The domain classifier's accuracy on n val images, their reconstructions and the bicubic baseline.
+
+    A generator's samples pass through the same decoder, so the reconstructions' accuracy is about the most
+    class its samples can show (the classifier is the one that scores them).
+    """
+    from detok.eval.protocol import feature_net_for
+    from detok.runs.reconstruct import reconstruct
+
+    net = feature_net_for("domain", data_cfg)  # the net behind the generators' FID and class accuracy
+    rec = reconstruct(load_tokenizer(run_dir), build_dataset(data_cfg, "val"), Path(run_dir) / "class_ceiling",
+                      torch.device("cpu"), n, batch_size=250, progress=False, classifier=net)
+    return rec["class_accuracy"]
 
 
 def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:

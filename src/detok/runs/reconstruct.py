@@ -16,7 +16,7 @@ from detok.config import from_dict
 from detok.data import build_dataset, collate
 from detok.data.build import DataConfig
 from detok.dist import pick_device
-from detok.eval.recon import ReconMetrics, bicubic_baseline, bicubic_side
+from detok.eval.recon import ReconMetrics, bicubic_baseline, bicubic_side, to_uint8
 from detok.io import atomic_write, write_json
 from detok.processes.timestep_tokens import prefix_lengths
 from detok.tokenizers.base import Tokenizer
@@ -47,11 +47,15 @@ def reconstruct(
     n: int = 256,
     batch_size: int = 64,
     progress: bool = True,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Encode (posterior mean) and decode the first `n` images; metrics on uint8-rounded images, a grid PNG.
 
     Beside each reconstruction: the bicubic baseline with as many numbers per image as the latent
     (`bicubic_baseline`), its PSNR / SSIM under "bicubic" and on the grid's third row of each block.
+    With a `classifier` (a feature net with "logits", e.g. the domain net), "class_accuracy" holds its top-1
+    on the originals, the reconstructions and the bicubic baseline: how much of the class a generator on
+    these latents can show at best (a decoder that blurs the shapes away caps every generator's accuracy).
     A discrete tokenizer whose ids have a prefix order (DDT; any that does not set `prefix_order = False`) gets
     the prefix curve (`reconstruct_prefixes`); one without (the spatial VQ baseline) decodes its ids here.
     """
@@ -62,6 +66,7 @@ def reconstruct(
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate)
     values = math.prod(tokenizer.latent_shape)
     metrics, bicubic, first = ReconMetrics(), ReconMetrics(), None
+    hits = {"real": 0, "reconstruction": 0, "bicubic": 0}
     t0 = time.perf_counter()
     for batch in tqdm(loader, desc="reconstruct", disable=not progress):
         x = batch["image"].to(device)
@@ -69,9 +74,17 @@ def reconstruct(
         base = bicubic_baseline(x, values)
         metrics.update(x, recon)
         bicubic.update(x, base)
+        if classifier is not None:
+            labels = torch.as_tensor(batch["label"])  # (B,)
+            for key, images in (("real", x), ("reconstruction", recon), ("bicubic", base)):
+                pred = classifier(to_uint8(images.cpu()))["logits"].argmax(1)  # (B,)
+                hits[key] += int((pred == labels).sum())
         if first is None:
             first = (x.cpu(), recon.cpu(), base.cpu())
     out = metrics.compute()
+    if classifier is not None:
+        out["class_accuracy"] = {key: count / n for key, count in hits.items()} | {
+            "n": n, "classifier": getattr(classifier, "name", type(classifier).__name__)}
     side = bicubic_side(values, first[0].shape[1])
     out["bicubic"] = {**bicubic.compute(), "values": side * side * first[0].shape[1], "side": side,
                       "latent_values": values}

@@ -167,12 +167,16 @@ class DeTok(Tokenizer):
             init_vit_weights(part)
 
     # -- corruption --------------------------------------------------------------------------------
-    def draw_mask(self, batch: int, device: torch.device, rng: torch.Generator | None = None):
-        """Random-ratio masking: (keep_idx (B, L), mask (B, N), attn_mask or None, ratios (B,)) or Nones."""
+    def draw_mask(self, batch: int, device: torch.device, rng: torch.Generator | None = None, strength: float = 1.0):
+        """Random-ratio masking: (keep_idx (B, L), mask (B, N), attn_mask or None, ratios (B,)) or Nones.
+
+        `strength` in [0, 1] scales the drawn ratios (the corruption anneal; 1 = the recipe's)."""
         cfg, n_tok = self.cfg, self.latent_grid**2
         draws = batch if cfg.mask_per_sample else 1
         u = torch.rand(draws, generator=rng, device=device, dtype=torch.float64)
         ratio = (cfg.mask_low + (cfg.mask_ratio - cfg.mask_low) * u).clamp_min(0.0).expand(batch)  # (B,)
+        if strength != 1.0:
+            ratio = ratio * strength
         if cfg.mask_ratio <= 0:
             return None, None, None, ratio.float()
         len_keep = torch.ceil(n_tok * (1.0 - ratio)).long().clamp(1, n_tok)  # (B,)
@@ -202,23 +206,25 @@ class DeTok(Tokenizer):
         return z + t * eps
 
     # -- training forward --------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, rng: torch.Generator | None = None):
+    def forward(self, images: torch.Tensor, rng: torch.Generator | None = None, strength: float = 1.0):
         """Reconstruct images (B, 3, H, W) -> (recon, kl (scalar, batch mean), Corruption).
 
         Train mode: mask, sample the posterior, add latent noise. Eval mode: posterior mean, no corruption.
+        `strength` in [0, 1] scales the drawn mask ratios and noise levels tau (1 = the recipe's; the
+        training engine lowers it when `corruption_anneal` is on).
         """
         b, dev = images.shape[0], images.device
         corrupt = self.training
         keep_idx = mask = attn_mask = None
         ratio = torch.zeros(b, device=dev)
         if corrupt:
-            keep_idx, mask, attn_mask, ratio = self.draw_mask(b, dev, rng)
+            keep_idx, mask, attn_mask, ratio = self.draw_mask(b, dev, rng, strength)
         post = DiagonalGaussian(self.encoder(images, keep_idx, attn_mask), dim=-1)  # over (B, L, 2C)
         kl = self._kl(post, attn_mask)
         z = post.sample(rng) if corrupt else post.mean  # (B, L, C)
         tau = torch.zeros(b, device=dev)
         if corrupt and self.cfg.noise != "none" and self.cfg.gamma > 0:
-            tau = self.draw_tau(b, dev, rng)
+            tau = self.draw_tau(b, dev, rng) * strength  # (B,)
             z = self.add_noise(z, tau, rng)
         recon = self.decoder(z, keep_idx, mask)
         return recon, kl, Corruption(mask, ratio, tau, post.mean.detach().float().std())
