@@ -153,7 +153,7 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
     assert acc["n"] == 1000 and acc["classifier"] == "fake-projection"
     assert all(0.0 <= acc[k] <= 1.0 for k in ("real", "reconstruction", "bicubic"))
     sit = summary["generators"]["sit"]
-    assert sit["steps"] == 2 and sit["fid_samples"] == 250 and sit["fid"] >= 0  # one batch of 250 at least
+    assert sit["steps"] == 2 and sit["fid_samples"] == 32 and sit["fid"] >= 0  # exactly --eval-samples
     assert sit["fid_features"] == "fake-projection" and Path(sit["samples"]).exists()
 
 

@@ -62,7 +62,7 @@ def test_search_then_final_reuses_search_samples():
     ref = reference(net)
     cfg = EvalConfig(cfg_scales=[1.0, 2.0], n_search=40, n_final=96, batch_size=32, precision_recall=True)
     res = score_generator(gen, tok, net, ref, cfg, progress=False)
-    assert [r["n"] for r in res["search"]] == [64, 64]  # n_search rounded up to whole batches
+    assert [r["n"] for r in res["search"]] == [40, 40]  # exactly n_search, though not whole batches of 32
     assert res["best"]["n"] == 96 and res["cfg1"]["n"] == 96
     assert {"precision", "recall", "class_accuracy", "inception_score"} <= set(res["best"])
     assert res["best"]["cfg"] == min(res["search"], key=lambda r: r["fid"])["cfg"]
@@ -72,6 +72,20 @@ def test_search_then_final_reuses_search_samples():
     again = score_generator(gen, tok, net, ref, fresh, progress=False)["best"]
     assert again["fid"] == pytest.approx(res["best"]["fid"], rel=1e-9)
     assert again["precision"] == res["best"]["precision"] and again["recall"] == res["best"]["recall"]
+    kept: list = []  # the kept images are the best scale's n_final samples, each index once, search included
+    score_generator(gen, tok, net, ref, cfg, progress=False, images_out=kept)
+    assert sorted(i for start, u8, _ in kept for i in range(start, start + len(u8))) == list(range(96))
+
+
+def test_sample_counts_are_used_exactly_or_refused():
+    gen = build_generator("sit_tiny", LATENT, 4, {"sample_steps": 2, "sampler": "euler"}).eval()
+    tok, net = IdentityTokenizer(), FakeNet()
+    ref = reference(net)
+    res = score_generator(gen, tok, net, ref, EvalConfig(cfg_scales=[1.0], n_search=12, n_final=13, batch_size=5,
+                                                         final_cfg1=False, precision_recall=False), progress=False)
+    assert res["search"][0]["n"] == 12 and res["best"]["n"] == 13  # not whole batches of 5: as asked
+    with pytest.raises(ValueError, match="n_search <= n_final"):
+        score_generator(gen, tok, net, ref, EvalConfig(cfg_scales=[1.0], n_search=64, n_final=32), progress=False)
 
 
 def test_cfg_scales_must_not_be_empty():

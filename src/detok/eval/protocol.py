@@ -188,18 +188,25 @@ def _sample_into(
     tracker: _Scale, gen: Generator, tok: Tokenizer, net: FeatureNet, labels: torch.Tensor, start: int, end: int,
     ecfg: EvalConfig, progress: bool, images_out: list | None = None,
 ) -> None:
-    """Samples [start, end) at the tracker's scale (this rank's batches), through the feature net."""
+    """Samples [start, end) at the tracker's scale (this rank's blocks), through the feature net.
+
+    Sample i is always drawn in block i // batch_size, a whole batch seeded by the block's first index, so it
+    is the same image whichever range asks for it (a range that starts or ends inside a block draws the
+    whole block and keeps its part): the counts are exact and a continued run equals a fresh one.
+    `labels` must cover every index of the blocks touched.
+    """
     rank, world = dist.rank_world()
-    batches = rank_batches(end - start, ecfg.batch_size, rank, world)
-    for s, e in tqdm(batches, desc=f"cfg {tracker.cfg:g} [{start}, {end})", disable=not progress):
-        y = labels[start + s : start + e]
-        images = sample_images(gen, tok, y, cfg_scale=tracker.cfg, steps=ecfg.steps or None,
-                               head_steps=ecfg.head_steps or None, seed=ecfg.seed,
-                               batch_size=ecfg.batch_size, first_index=start + s)
-        u8 = to_uint8(images)
+    bs = ecfg.batch_size
+    blocks = list(range(start // bs, -(-end // bs)))[rank::world]  # block b goes to rank b % world
+    for b in tqdm(blocks, desc=f"cfg {tracker.cfg:g} [{start}, {end})", disable=not progress):
+        lo, hi = b * bs, (b + 1) * bs
+        images = sample_images(gen, tok, labels[lo:hi], cfg_scale=tracker.cfg, steps=ecfg.steps or None,
+                               head_steps=ecfg.head_steps or None, seed=ecfg.seed, batch_size=bs, first_index=lo)
+        keep = slice(max(start, lo) - lo, min(end, hi) - lo)  # this range's part of the block
+        u8, y = to_uint8(images[keep]), labels[lo:hi][keep]
         tracker.update(net(u8), y)
         if images_out is not None:
-            images_out.append((start + s, u8, y))
+            images_out.append((max(start, lo), u8, y))
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -213,27 +220,33 @@ def score_generator(
 ) -> dict[str, Any]:
     """CFG search with n_search samples per scale, then n_final at the best (and at cfg = 1).
 
-    n_search is rounded up to a whole number of batches (seeds are per batch), so the final run continues
-    the search's samples at the same scale instead of drawing them again.
+    Exactly the counts asked for (a last batch may be partial); the final run continues the search's samples
+    at the same scale instead of drawing them again, so n_final must be at least n_search.
     """
     _, world = dist.rank_world()
-    n_search = round_up(ecfg.n_search, ecfg.batch_size)
-    n_final = max(ecfg.n_final, n_search)
-    labels = balanced_labels(n_final, gen.num_classes)
+    n_search, n_final = ecfg.n_search, ecfg.n_final
+    if n_search < 2 or n_final < n_search:
+        raise ValueError(f"eval needs 2 <= n_search <= n_final (got n_search={n_search}, n_final={n_final}): the "
+                         "final metrics continue the search's samples")
+    labels = balanced_labels(round_up(n_final, ecfg.batch_size), gen.num_classes)  # whole blocks (_sample_into)
     scales = sorted(set(float(s) for s in ecfg.cfg_scales))
     if not scales:
         raise ValueError("eval.cfg_scales is empty")
     trackers: dict[float, _Scale] = {}
+    kept: dict[float, list] = {}  # the search's images per scale, when the caller keeps the best scale's
     t0 = time.perf_counter()
     search = []
     for s in scales:
         trackers[s] = _Scale(net, ref, s, ecfg.precision_recall)
-        _sample_into(trackers[s], gen, tok, net, labels, 0, n_search, ecfg, progress)
+        kept[s] = [] if images_out is not None else None
+        _sample_into(trackers[s], gen, tok, net, labels, 0, n_search, ecfg, progress, kept[s])
         res = trackers[s].compute(final=False)
         search.append(res)
         if dist.rank_world()[0] == 0:
             log.info("[detok evaluate] cfg %g: FID %.3f (%d samples)", s, res["fid"], res["n"])
     best = min(search, key=lambda r: r["fid"])["cfg"]
+    if images_out is not None:
+        images_out.extend(kept[best])  # the first n_search of the best scale's n_final samples
     finals = [best] + ([1.0] if ecfg.final_cfg1 and best != 1.0 else [])
     out: dict[str, Any] = {"search": search}
     for s in finals:
