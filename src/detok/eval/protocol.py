@@ -29,7 +29,7 @@ from detok.data.build import DataConfig
 from detok.eval.features import FeatureNet, recipe
 from detok.eval.recon import SSIM_CONVENTION, ReconMetrics, to_uint8
 from detok.generators.base import Generator
-from detok.generators.sampling import balanced_labels, rank_batches, sample_images
+from detok.generators.sampling import balanced_labels, sample_images
 from detok.io import cache_dir, merge_json
 from detok.processes.timestep_tokens import prefix_lengths
 from detok.tokenizers.base import Tokenizer
