@@ -64,7 +64,8 @@ def test_search_then_final_reuses_search_samples():
     res = score_generator(gen, tok, net, ref, cfg, progress=False)
     assert [r["n"] for r in res["search"]] == [40, 40]  # exactly n_search, though not whole batches of 32
     assert res["best"]["n"] == 96 and res["cfg1"]["n"] == 96
-    assert {"precision", "recall", "class_accuracy", "inception_score"} <= set(res["best"])
+    assert {"precision", "recall", "class_accuracy", "classifier_score"} <= set(res["best"])
+    assert "inception_score" not in res["best"]  # the IS formula on a non-Inception classifier is named for it
     assert res["best"]["cfg"] == min(res["search"], key=lambda r: r["fid"])["cfg"]
     # the final at the best scale equals scoring its 96 samples from scratch (same seeds by index)
     fresh = EvalConfig(cfg_scales=[res["best"]["cfg"]], n_search=96, n_final=96, batch_size=32,

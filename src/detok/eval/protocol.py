@@ -178,10 +178,17 @@ class _Scale:
             out["class_accuracy"] = right / seen
         if final and self.has_logits:
             score = self.inception_score.compute()
-            out.update(inception_score=score["is"], inception_score_std=score["is_std"])
+            key = score_name(self.fid.net)
+            out.update({key: score["is"], f"{key}_std": score["is_std"]})
         if final and self.pr is not None:
             out.update({k: v for k, v in self.pr.compute().items() if k in ("precision", "recall")})
         return out
+
+
+def score_name(net: FeatureNet) -> str:
+    """The key of the IS formula's value: "inception_score" only with Inception's logits; with another
+    classifier (the domain net of small data sets) it is that classifier's score, not an Inception Score."""
+    return "inception_score" if str(getattr(net, "name", "")).startswith("inception") else "classifier_score"
 
 
 def _sample_into(

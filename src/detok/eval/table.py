@@ -68,7 +68,7 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a generation evaluation (best scale) with the recipe that produced them."""
     best = metrics["best"]
     out = {"fid": best["fid"], "cfg": best["cfg"], "n": best["n"], "feature_net": metrics["recipe"]["feature_net"]}
-    for key in ("class_accuracy", "precision", "recall", "inception_score"):
+    for key in ("class_accuracy", "precision", "recall", "inception_score", "classifier_score"):
         if key in best:
             out[key] = best[key]
     if "cfg1" in metrics:
