@@ -135,8 +135,10 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DETOK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(protocol, "feature_net_for", lambda *a, **k: FakeNet(classes=10))  # no domain training
+    # a small data set: 640 train / 64 val images (the preset's 20000 would dominate the run's time)
     assert main(["quickstart", "--out", str(tmp_path), "--steps", "3", "--generators", "sit", "--decoder-ft-steps",
-                 "2", "--generator-steps", "2", "--eval-samples", "32", "stats_images=64"]) == 0
+                 "2", "--generator-steps", "2", "--eval-samples", "32", "--cache-images", "128", "stats_images=64",
+                 "data.shapes_size=640"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     tok = summary["tokenizer"]
     assert {"psnr", "ssim", "seconds", "stage1_psnr"} <= set(tok) and tok["steps"] == 3
@@ -150,7 +152,7 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
     assert tok["bicubic"]["latent_values"] == math.prod(tok["latent_shape"]) and tok["bicubic"]["psnr"] > 0
     assert Path(tok["reconstructions"]).exists()
     acc = tok["class_accuracy"]  # the same (fake) net as the FID: real / reconstruction / bicubic top-1
-    assert acc["n"] == 1000 and acc["classifier"] == "fake-projection"
+    assert acc["n"] == 64 and acc["classifier"] == "fake-projection"  # min(1000, the val split)
     assert all(0.0 <= acc[k] <= 1.0 for k in ("real", "reconstruction", "bicubic"))
     sit = summary["generators"]["sit"]
     assert sit["steps"] == 2 and sit["fid_samples"] == 32 and sit["fid"] >= 0  # exactly --eval-samples

@@ -67,7 +67,7 @@ class GenerationProbe(Hook):
         gen.to(trainer.device)
         scale = cfg.cfg_scale or g_cfg.sample.cfg_scale
         ecfg = EvalConfig(cfg_scales=[scale], n_search=cfg.n_samples, n_final=cfg.n_samples, final_cfg1=False,
-                          precision_recall=False, batch_size=128)
+                          precision_recall=False, batch_size=min(128, cfg.n_samples))  # blocks are drawn whole
         net = feature_net_for(cfg.feature_net, self.data_cfg, device=trainer.device)
         ref = reference_for(net, self.data_cfg, progress=False)
         scores = score_generator(gen, tok, net, ref, ecfg, progress=False)["best"]

@@ -209,7 +209,7 @@ def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, A
 
     t0 = time.perf_counter()
     ecfg = EvalConfig(feature_net="domain", cfg_scales=[scale], n_search=n, n_final=n, final_cfg1=False,
-                      batch_size=250)
+                      batch_size=min(250, n))  # blocks of the batch size are drawn whole: no more than n
     res = evaluate_generator_run(run_dir, ecfg, tokenizer=tokenizer, data_cfg=data_cfg)
     best = res["best"]
     out = {"fid": best["fid"], "fid_samples": best["n"], "fid_features": res["recipe"]["feature_net"],
