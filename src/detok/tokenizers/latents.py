@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from detok import dist
@@ -97,6 +97,8 @@ def latent_stats(
     c = tokenizer.latent_channels
     acc = torch.zeros(4, c, dtype=torch.float64, device=device)  # count, sum, sum of squares, sum of variances
     seen = 0
+    if max_images:  # read only the first max_images of this rank's stride: the bar counts those batches
+        dataset = Subset(dataset, range(min(len(dataset), max_images * dist.rank_world()[1])))
     for batch in tqdm(
         _loader(dataset, batch_size, num_workers, collate), desc="latent stats", disable=not progress
     ):
