@@ -72,3 +72,15 @@ def test_every_option_has_help_text():
     for name, child in sub.choices.items():
         walk(child, [name])
     assert not missing, missing
+
+
+def test_top_level_help_and_a_bad_verb_import_no_model_code():
+    """`detok --help` and a mistyped verb build one-line stubs only: torch is never imported (fast answers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom detok.cli.main import main\nfor argv in (['--help'], ['trian']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+    assert "quickstart" in out.stdout and "invalid choice: 'trian'" in out.stderr

@@ -7,6 +7,7 @@ from typing import Any
 
 from detok.cli.common import print_summary
 
+HELP = "benchmarks of tokenizers: the tokenizer x generator table"
 
 def _families(text: str) -> list[str]:
     """argparse type: a comma list of registered generator families (or 'all'), checked when parsing."""
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
     from detok import registry
 
     fams = [f.name for f in registry.families("generator")]
-    p = sub.add_parser("bench", help="benchmarks of tokenizers: the tokenizer x generator table")
+    p = sub.add_parser("bench", help=HELP)
     what = p.add_subparsers(dest="what", required=True)
     t = what.add_parser(
         "tokenizer",

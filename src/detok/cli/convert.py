@@ -10,9 +10,10 @@ from typing import Any
 
 from detok.cli.common import print_summary
 
+HELP = "convert a released l-DeTok tokenizer or MAR checkpoint to detok's format"
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a released l-DeTok tokenizer or MAR checkpoint to detok's format")
+    p = sub.add_parser("convert", help=HELP)
     p.add_argument("source", help="upstream checkpoint (.pth with 'model' / 'model_ema'): tokenizer or MAR")
     p.add_argument("out", help="detok run folder to write")
     p.add_argument("--raw", action="store_true", help="convert 'model' instead of 'model_ema'")

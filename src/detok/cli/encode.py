@@ -7,9 +7,10 @@ from typing import Any
 
 from detok.cli.common import print_summary
 
+HELP = "cache posterior moments (+ flips) and latent statistics"
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("encode", help="cache posterior moments (+ flips) and latent statistics",
+    p = sub.add_parser("encode", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("tokenizer", help="detok run / checkpoint folder, an upstream .pth, or an external spec")
     p.add_argument("--out", required=True, help="cache folder to write")

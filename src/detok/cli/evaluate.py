@@ -7,14 +7,15 @@ from typing import Any
 
 from detok.cli.common import add_config_args, print_summary
 
+HELP = ("score a run: tokenizers -> rFID / PSNR / SSIM / LPIPS, generators -> CFG search + FID / IS / P / R, "
+        "multimodal LMs -> GenEval-style score, caption accuracy, edit success (shapes checker)")
 
 def add_parser(sub) -> None:
     from detok.eval.protocol import EvalConfig
 
     p = sub.add_parser(
         "evaluate",
-        help="score a run: tokenizers -> rFID / PSNR / SSIM / LPIPS, generators -> CFG search + FID / IS / P / R, "
-             "multimodal LMs -> GenEval-style score, caption accuracy, edit success (shapes checker)",
+        help=HELP,
     )
     p.add_argument("run", help="tokenizer or generator run / checkpoint folder, or an external tokenizer spec")
     p.add_argument("--data", default="", help="dataset (default: the one the tokenizer trained on)")

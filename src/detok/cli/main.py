@@ -17,7 +17,10 @@ VERBS = ("quickstart", "train", "encode", "sample", "reconstruct", "evaluate", "
 MLLM_VERBS = ("generate", "caption", "edit")  # the multimodal LM's verbs (detok.cli.mllm)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The `detok` parser. Only `verb`'s sub-parser is built in full (its options come from the model configs
+    and the registry, which import torch); every other verb gets a one-line stub from its module's HELP, so
+    `detok --help` and a mistyped verb answer without importing any model code. None builds every verb."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -30,12 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"detok {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in VERBS:
-        importlib.import_module(f"detok.cli.{verb}").add_parser(sub)
+    everything = verb is None
+    for name in VERBS:
+        module = importlib.import_module(f"detok.cli.{name}")
+        if everything or name == verb:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     mllm = importlib.import_module("detok.cli.mllm")
-    for verb in MLLM_VERBS:
-        getattr(mllm, f"add_{verb}_parser")(sub)
+    for name in MLLM_VERBS:
+        if everything or name == verb:
+            getattr(mllm, f"add_{name}_parser")(sub)
+        else:
+            sub.add_parser(name, help=getattr(mllm, f"{name.upper()}_HELP"))
     return parser
+
+
+def requested_verb(argv: list[str]) -> str:
+    """The verb named in argv (the first argument that is one), or "" when there is none."""
+    known = set(VERBS) | set(MLLM_VERBS)
+    return next((a for a in argv if a in known), "")
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -76,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = bool(os.environ.get("DETOK_DEBUG")) or "--debug" in argv
-    parser = build_parser()
+    parser = build_parser(requested_verb(argv))
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may come after options (argparse stops collecting positionals at an option)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]

@@ -8,6 +8,11 @@ from typing import Any
 
 from detok.cli.common import add_config_args, family_help, flag_overrides, print_summary, run_training
 
+GENERATE_HELP = "text-to-image with a multimodal LM run: a PNG grid, one row per prompt"
+
+CAPTION_HELP = "describe images with a multimodal LM run"
+
+EDIT_HELP = "edit an image from an instruction with a multimodal LM run"
 
 def add_train_parser(what) -> None:
     """`detok train mllm` (a subcommand of `detok train`)."""
@@ -43,7 +48,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_generate_parser(sub) -> None:
-    p = sub.add_parser("generate", help="text-to-image with a multimodal LM run: a PNG grid, one row per prompt",
+    p = sub.add_parser("generate", help=GENERATE_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p)
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
@@ -54,7 +59,7 @@ def add_generate_parser(sub) -> None:
 
 
 def add_caption_parser(sub) -> None:
-    p = sub.add_parser("caption", help="describe images with a multimodal LM run",
+    p = sub.add_parser("caption", help=CAPTION_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p)
     p.add_argument("images", nargs="+", help="image files (resized to the tokenizer's side)")
@@ -62,7 +67,7 @@ def add_caption_parser(sub) -> None:
 
 
 def add_edit_parser(sub) -> None:
-    p = sub.add_parser("edit", help="edit an image from an instruction with a multimodal LM run",
+    p = sub.add_parser("edit", help=EDIT_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p)
     p.add_argument("image", help="source image file")

@@ -12,8 +12,10 @@ from detok.cli.common import print_summary
 DATA = ("fashion-mnist", "shapes")
 
 
+HELP = "train a small l-DeTok and generators on its latents, in minutes (CPU)"
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("quickstart", help="train a small l-DeTok and generators on its latents, in minutes (CPU)",
+    p = sub.add_parser("quickstart", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="shapes", choices=DATA, help="built-in dataset")
     p.add_argument("--out", default="runs/quickstart", help="output folder")

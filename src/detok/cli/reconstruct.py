@@ -7,9 +7,10 @@ from typing import Any
 
 from detok.cli.common import print_summary
 
+HELP = "reconstruct images: grid PNG, PSNR, SSIM"
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("reconstruct", help="reconstruct images: grid PNG, PSNR, SSIM",
+    p = sub.add_parser("reconstruct", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("tokenizer", help="detok run / checkpoint folder, an upstream .pth, or an external spec")
     p.add_argument("--data", default="", help="dataset name (default: the one the tokenizer trained on)")

@@ -6,11 +6,12 @@ import argparse
 
 from detok.cli.common import print_summary
 
+HELP = "one self-contained HTML page for a run: config, curves, images, metrics"
 
 def add_parser(sub) -> None:
     from detok.eval.report import REPORT_NAME
 
-    p = sub.add_parser("report", help="one self-contained HTML page for a run: config, curves, images, metrics")
+    p = sub.add_parser("report", help=HELP)
     p.add_argument("run", help="run folder (a quickstart folder gets one section per sub-run)")
     p.add_argument("--out", default=None, help=f"output HTML file (default: RUN/{REPORT_NAME})")
     p.set_defaults(func=run)

@@ -8,9 +8,10 @@ from typing import Any
 
 from detok.cli.common import print_summary
 
+HELP = "sample a trained generator: grid PNG + .npz of uint8 images (ADM layout)"
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="sample a trained generator: grid PNG + .npz of uint8 images (ADM layout)",
+    p = sub.add_parser("sample", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("generator", help="generator run / checkpoint folder")
     p.add_argument("-n", "--num-images", type=int, default=50000,

@@ -7,6 +7,7 @@ from typing import Any
 
 from detok.cli.common import add_config_args, family_help, flag_overrides, run_training
 
+HELP = "train a tokenizer, a generator or the multimodal LM"
 
 def add_parser(sub) -> None:
     from detok import registry
@@ -15,7 +16,7 @@ def add_parser(sub) -> None:
     from detok.tokenizers.detok import PRESETS
     from detok.tokenizers.spatial_vq import PRESETS as VQ_PRESETS
 
-    p = sub.add_parser("train", help="train a tokenizer, a generator or the multimodal LM")
+    p = sub.add_parser("train", help=HELP)
     what = p.add_subparsers(dest="what", required=True)
     t = what.add_parser("tokenizer", help="train l-DeTok (paper defaults: detok_bb, gamma 3, M 0.7, 200 epochs), "
                         "a DDT tokenizer (ddt_*) or the spatial VQ baseline (vqvit_*)")
