@@ -71,3 +71,32 @@ def test_unknown_generator_field_is_a_config_error(tokenizer_and_cache, tmp_path
     code = main(["train", "generator", "--model", "sit_tiny", "--tokenizer", str(tok), "--cache", str(cache),
                  "--out", str(tmp_path / "y"), "generator.no_such_field=1", *GEN_STEPS])
     assert code == 2 and "no_such_field" in capsys.readouterr().err
+
+
+def test_posterior_means_option_feeds_the_generator_normalised_means(tokenizer_and_cache):
+    """posterior=mean: the generator learns the normalised posterior means, exactly and without noise, from
+    the cache and when encoding on the fly; the default draws posterior samples (different every draw)."""
+    import torch
+
+    from detok.engine.tasks import GeneratorTask
+    from detok.registry import build
+    from detok.tokenizers.latents import LatentCache
+    from detok.tokenizers.load import load_tokenizer
+
+    tok_dir, cache_dir = tokenizer_and_cache
+    tok, cache = load_tokenizer(tok_dir), LatentCache(cache_dir)
+    gen = build("generator", "sit_tiny", latent_shape=tok.latent_shape, num_classes=10)
+    item = cache[0]
+    batch = {"moments": item["moments"][None], "moments_flip": item["moments_flip"][None]}
+    means = tok.normalize(item["moments"][None, : tok.latent_channels].float())
+    task = GeneratorTask(gen, tok, use_cache=True, hflip=False, posterior="mean")
+    torch.testing.assert_close(task.latents(batch, torch.Generator().manual_seed(0)), means)
+    sampled = GeneratorTask(gen, tok, use_cache=True, hflip=False)
+    a, b = (sampled.latents(batch, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.allclose(a, b) and not torch.allclose(a, means)
+    side = tok.cfg.image_size
+    images = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    online = GeneratorTask(gen, tok, use_cache=False, hflip=False, posterior="mean")
+    torch.testing.assert_close(online.latents({"image": images}, torch.Generator()), tok.normalize(tok.encode(images)))
+    with pytest.raises(ValueError, match="posterior"):
+        GeneratorTask(gen, tok, use_cache=True, posterior="median")

@@ -160,13 +160,16 @@ class _GeneratorLoss(nn.Module):
 
 
 class GeneratorTask(Task):
-    """Generator training on posterior samples of a frozen tokenizer's latents (online or cached)."""
+    """Generator training on posterior samples (or means) of a frozen tokenizer's latents (online or cached)."""
 
     ema_module = "model"
 
-    def __init__(self, generator: nn.Module, tokenizer: nn.Module, use_cache: bool, hflip: bool = True) -> None:
+    def __init__(self, generator: nn.Module, tokenizer: nn.Module, use_cache: bool, hflip: bool = True,
+                 posterior: str = "sample") -> None:
+        if posterior not in ("sample", "mean"):
+            raise ValueError(f"posterior must be 'sample' or 'mean', got {posterior!r}")
         self.generator, self.tokenizer = generator, tokenizer.eval().requires_grad_(False)
-        self.use_cache, self.hflip = use_cache, hflip
+        self.use_cache, self.hflip, self.posterior = use_cache, hflip, posterior
         self.forward_model: nn.Module = _GeneratorLoss(generator)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -181,7 +184,7 @@ class GeneratorTask(Task):
 
     @torch.no_grad()
     def latents(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:
-        """Normalised posterior samples (B, C, h, w): from cached moments (+ flips) or by encoding images."""
+        """Normalised posterior samples (or means) (B, C, h, w): from cached moments (+ flips) or by encoding."""
         if getattr(self.tokenizer, "discrete", False):
             return self._token_ids(batch, rng)
         if self.use_cache:
@@ -189,13 +192,13 @@ class GeneratorTask(Task):
             if self.hflip:
                 flip = torch.rand(moments.shape[0], generator=rng, device=moments.device) < 0.5
                 moments = torch.where(flip[:, None, None, None], batch["moments_flip"], moments)
-            z = LatentCache.sample(moments, rng)
+            z = LatentCache.sample(moments, rng) if self.posterior == "sample" else moments[:, : moments.shape[1] // 2]
         else:
             x = batch["image"]
             if self.hflip:
                 flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            z = self.tokenizer.encode(x, sample=True, rng=rng)
+            z = self.tokenizer.encode(x, sample=self.posterior == "sample", rng=rng)
         return self.tokenizer.normalize(z.float())
 
     def _token_ids(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:

@@ -133,6 +133,8 @@ class GeneratorRunConfig:
     generator: dict[str, Any] = option(factory=dict, help="overrides of the generator's config fields")
     tokenizer: str = option("", "tokenizer run / checkpoint folder (EMA weights)")
     cache: str = option("", "latent cache from `detok encode`; empty = encode on the fly")
+    posterior: Literal["sample", "mean"] = option(
+        "sample", "what the generator learns: posterior 'sample's (upstream) or the posterior 'mean's")
     data: DataConfig = option(factory=DataConfig)
     optim: OptimConfig = option(factory=_generator_optim)
     train: TrainConfig = option(factory=_generator_train)

@@ -208,7 +208,7 @@ def train_generator(cfg: GeneratorRunConfig, resume: bool = False, tokenizer: To
             dataset = Subset(dataset, range(images))
     torch.manual_seed(cfg.train.seed)
     gen = build_generator(cfg.model, tok.latent_shape, num_classes, overrides)
-    task = GeneratorTask(gen, tok, use_cache=bool(cfg.cache), hflip=cfg.data.hflip)
+    task = GeneratorTask(gen, tok, use_cache=bool(cfg.cache), hflip=cfg.data.hflip, posterior=cfg.posterior)
     config = {**to_dict(cfg), "latent_shape": list(tok.latent_shape), "num_classes": num_classes}
     config["generator"] = overrides
     trainer = Trainer(task, cfg.train, cfg.optim, kind="generator", config=config, collate=collate_fn,
