@@ -70,9 +70,10 @@ def results_table(summary: dict) -> str:
                      f"SSIM {bic['ssim']:.3f} ({bic['values']} numbers vs the latent's {bic['latent_values']})")
     acc = tok.get("class_accuracy")
     if acc:
-        lines.append(f"{'class accuracy':<22}{acc['classifier']:<16}{'-':>6}{'-':>9}  real {acc['real']:.2f}, "
+        lines.append(f"{'class accuracy':<22}{'classifier':<16}{'-':>6}{'-':>9}  real {acc['real']:.2f}, "
                      f"reconstructions {acc['reconstruction']:.2f}, bicubic {acc['bicubic']:.2f} ({acc['n']} val "
-                     f"images; a generator's samples cannot show much more than the reconstructions)")
+                     f"images, {acc['classifier']}; a generator's samples cannot show much more than the "
+                     "reconstructions)")
     for name, g in summary["generators"].items():
         res = []
         if "fid" in g:
@@ -81,6 +82,12 @@ def results_table(summary: dict) -> str:
             res.append(f"class accuracy {g['class_accuracy']:.2f}")
         res.append(f"cfg {g['cfg_scale']:g}")
         lines.append(f"{name:<22}{g['model']:<16}{g['steps']:>6}{g['seconds']:>9.0f}  " + ", ".join(res))
+    ref = summary.get("reference_points")
+    if ref:
+        chance = ref["chance_class_accuracy"]
+        lines.append(f"{'reference points':<22}{'real val images':<16}{'-':>6}{'-':>9}  FID {ref['real_fid']:.1f} "
+                     f"({ref['real_fid_samples']} samples: the floor at this n)"
+                     + (f", chance class accuracy {chance:.2f}" if chance else ""))
     grids = [tok["reconstructions"], *(g["samples"] for g in summary["generators"].values())]
     ddt = summary.get("ddt")
     if ddt:

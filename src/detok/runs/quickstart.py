@@ -89,6 +89,7 @@ def quickstart(
             }
             if eval_samples > 0:
                 results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
+    floor = _real_fid(cfg.data, eval_samples) if results and eval_samples > 0 else None
     ddt_over = ([f"train.max_steps={steps}"] if steps else []) + list(ddt_overrides or [])
     if ddt_on not in ("latents", "pixels"):
         raise ValueError(f"ddt_on must be 'latents' or 'pixels', got {ddt_on!r}")
@@ -116,6 +117,7 @@ def quickstart(
             **({"class_accuracy": classes} if classes else {}),
         },
         "generators": results,
+        **({"reference_points": floor} if floor else {}),
         "total_seconds": time.perf_counter() - t0,
     }
     if ddt is not None:
@@ -201,6 +203,26 @@ def _class_ceiling(run_dir: str, data_cfg, n: int = CEILING_IMAGES) -> dict[str,
     rec = reconstruct(load_tokenizer(run_dir), build_dataset(data_cfg, "val"), Path(run_dir) / "class_ceiling",
                       torch.device("cpu"), n, batch_size=250, progress=False, classifier=net)
     return rec["class_accuracy"]
+
+
+def _real_fid(data_cfg, n: int) -> dict[str, Any]:
+    """What a reader needs beside the generators' numbers: the FID of n real val images against the same
+    train reference in the same features (the floor at this n: FID is biased upwards at small n) and the
+    chance level of class accuracy."""
+    from detok.eval.metrics import FID
+    from detok.eval.protocol import feature_net_for, reference_for
+    from detok.eval.recon import to_uint8
+
+    net = feature_net_for("domain", data_cfg)
+    val = build_dataset(data_cfg, "val")
+    n = min(n, len(val))
+    metric = FID(net, reference_for(net, data_cfg, progress=False))
+    for start in range(0, n, 250):
+        batch = collate([val[i] for i in range(start, min(n, start + 250))])
+        metric.update(to_uint8(batch["image"]))
+    classes = getattr(val, "num_classes", 0) or len(getattr(val, "class_names", [])) or 0
+    return {"real_fid": float(metric.compute()["fid"]), "real_fid_samples": n,
+            "chance_class_accuracy": 1.0 / classes if classes else None}
 
 
 def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
