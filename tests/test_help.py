@@ -14,7 +14,7 @@ from detok.eval.protocol import EvalConfig
 from detok.runs.config import GeneratorRunConfig, TokenizerRunConfig
 
 VERBS = [["quickstart"], ["train", "tokenizer"], ["train", "generator"], ["encode"], ["sample"], ["reconstruct"],
-         ["evaluate"], ["bench", "tokenizer"], ["report"], ["convert"], ["train", "mllm"], ["generate"],
+         ["evaluate"], ["fid"], ["bench", "tokenizer"], ["report"], ["convert"], ["train", "mllm"], ["generate"],
          ["caption"], ["edit"]]
 CONFIGS = {("train", "tokenizer"): TokenizerRunConfig, ("train", "generator"): GeneratorRunConfig,
            ("evaluate",): EvalConfig}

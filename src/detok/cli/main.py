@@ -13,7 +13,8 @@ import sys
 
 from detok import __version__
 
-VERBS = ("quickstart", "train", "encode", "sample", "reconstruct", "evaluate", "bench", "report", "convert")
+VERBS = ("quickstart", "train", "encode", "sample", "reconstruct", "evaluate", "fid", "bench", "report",
+         "convert")
 MLLM_VERBS = ("generate", "caption", "edit")  # the multimodal LM's verbs (detok.cli.mllm)
 
 

@@ -20,7 +20,7 @@ _EXPORTS = {
     "reconstruct": "reconstruct", "reconstruct_run": "reconstruct",
     "encode": "encode",
     "sample_run": "sample", "save_class_grid": "sample",
-    "evaluate": "evaluate",
+    "evaluate": "evaluate", "score_sets": "fid", "read_image_set": "fid",
     "BenchConfig": "bench", "bench_tokenizers": "bench", "run_cell": "bench", "prepare_latents": "bench",
     "quickstart": "quickstart",
     "convert": "convert",
