@@ -9,6 +9,7 @@ from detok.cli.common import print_summary
 
 HELP = "benchmarks of tokenizers: the tokenizer x generator table"
 
+
 def _families(text: str) -> list[str]:
     """argparse type: a comma list of registered generator families (or 'all'), checked when parsing."""
     from detok.config import ConfigError

@@ -12,6 +12,7 @@ from detok.cli.common import print_summary
 
 HELP = "convert a released l-DeTok tokenizer or MAR checkpoint to detok's format"
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help=HELP)
     p.add_argument("source", help="upstream checkpoint (.pth with 'model' / 'model_ema'): tokenizer or MAR")

@@ -9,6 +9,7 @@ from detok.cli.common import print_summary
 
 HELP = "cache posterior moments (+ flips) and latent statistics"
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("encode", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

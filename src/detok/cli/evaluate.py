@@ -10,6 +10,7 @@ from detok.cli.common import add_config_args, print_summary
 HELP = ("score a run: tokenizers -> rFID / PSNR / SSIM / LPIPS, generators -> CFG search + FID / IS / P / R, "
         "multimodal LMs -> GenEval-style score, caption accuracy, edit success (shapes checker)")
 
+
 def add_parser(sub) -> None:
     from detok.eval.protocol import EvalConfig
 

@@ -14,6 +14,7 @@ CAPTION_HELP = "describe images with a multimodal LM run"
 
 EDIT_HELP = "edit an image from an instruction with a multimodal LM run"
 
+
 def add_train_parser(what) -> None:
     """`detok train mllm` (a subcommand of `detok train`)."""
     from detok import registry

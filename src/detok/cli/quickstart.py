@@ -14,6 +14,7 @@ DATA = ("fashion-mnist", "shapes")
 
 HELP = "train a small l-DeTok and generators on its latents, in minutes (CPU)"
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("quickstart", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,6 +9,7 @@ from detok.cli.common import print_summary
 
 HELP = "reconstruct images: grid PNG, PSNR, SSIM"
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("reconstruct", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -10,6 +10,7 @@ from detok.cli.common import print_summary
 
 HELP = "sample a trained generator: grid PNG + .npz of uint8 images (ADM layout)"
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

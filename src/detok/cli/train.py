@@ -9,6 +9,7 @@ from detok.cli.common import add_config_args, family_help, flag_overrides, run_t
 
 HELP = "train a tokenizer, a generator or the multimodal LM"
 
+
 def add_parser(sub) -> None:
     from detok import registry
     from detok.runs.config import GeneratorRunConfig, TokenizerRunConfig
