@@ -422,24 +422,28 @@ def _fashion_mnist_uint8(split: str, n: int) -> torch.Tensor:
 FID_CHECK_IMAGES = 32  # per set; each image costs two Inception passes (ours, TorchScript) at about 1 s on CPU
 
 
+class TorchScriptInception(torch.nn.Module):
+    """The offline TorchScript Inception weights behind torchmetrics' interface: uint8 images -> (B, 2048)."""
+
+    num_features = 2048
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.scripted = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = inc.tf1_bilinear_resize(images.float(), (299, 299))  # checked against TF's rule above
+        return self.scripted((x - 128) / 128)
+
+
 @pytest.mark.slow
 def test_fid_agrees_with_torchmetrics_on_real_images():
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     path = _fid_helper_weights()
     net = inc.load_inception(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
-
-    class Wrapped(torch.nn.Module):
-        """The TorchScript weights behind torchmetrics' interface: uint8 images -> (B, 2048)."""
-
-        num_features = 2048
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            x = inc.tf1_bilinear_resize(images.float(), (299, 299))  # checked against TF's rule above
-            return scripted((x - 128) / 128)
 
     real, fake = _fashion_mnist_uint8("train", FID_CHECK_IMAGES), _fashion_mnist_uint8("val", FID_CHECK_IMAGES)
     fake = fake.flip(-1)  # a visible shift of the distribution
@@ -450,7 +454,7 @@ def test_fid_agrees_with_torchmetrics_on_real_images():
         ours = FID(net, ref_fid.statistics())
         ours.update(fake)
         value = ours.compute()["fid"]
-        tm = FrechetInceptionDistance(feature=Wrapped())
+        tm = FrechetInceptionDistance(feature=TorchScriptInception(path))
         tm.update(real, real=True)
         tm.update(fake, real=False)
         expected = float(tm.compute())

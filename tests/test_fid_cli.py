@@ -50,18 +50,14 @@ def test_fid_command_agrees_with_torchmetrics_with_the_same_inception_weights(tm
     statistics file it gives the same number; IS is reported only when the weights have the classifier."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from test_eval_metrics import FID_CHECK_IMAGES, _fashion_mnist_uint8, _fid_helper_weights
+    from test_eval_metrics import (
+        FID_CHECK_IMAGES,
+        TorchScriptInception,
+        _fashion_mnist_uint8,
+        _fid_helper_weights,
+    )
 
     path = _fid_helper_weights()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
-
-    class Wrapped(torch.nn.Module):
-        num_features = 2048
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return scripted((inc.tf1_bilinear_resize(images.float(), (299, 299)) - 128) / 128)
 
     real = _fashion_mnist_uint8("train", FID_CHECK_IMAGES)
     fake = _fashion_mnist_uint8("val", FID_CHECK_IMAGES).flip(-1)
@@ -70,7 +66,7 @@ def test_fid_command_agrees_with_torchmetrics_with_the_same_inception_weights(tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 32 samples in 2048 dims: rank deficient, on purpose (speed)
         assert main(["fid", str(tmp_path / "fake"), str(tmp_path / "real.npz"), "--out", str(tmp_path / "a.json")]) == 0
-        tm = FrechetInceptionDistance(feature=Wrapped())
+        tm = FrechetInceptionDistance(feature=TorchScriptInception(path))
         tm.update(real, real=True)
         tm.update(fake, real=False)
         expected = float(tm.compute())
