@@ -5,7 +5,7 @@
     tok = detok.load_tokenizer("runs/quickstart/tokenizer")       # a run folder, checkpoint or converted release
     gen = detok.load_generator("runs/quickstart/sit")
     images = detok.sample(gen, tok, labels=[0, 1, 2, 3], cfg_scale=2.0, seed=0)   # (4, 3, H, W) in [-1, 1]
-    detok.save_grid(images, "samples.png", labels=[0, 1, 2, 3])   # one row per class, names from the run's data
+    detok.save_grid(images, "samples.png", labels=[0, 1, 2, 3])   # one row per class (names= to label them)
     z = detok.encode(tok, images)                                 # posterior means (4, C, h, w)
     x = detok.decode(tok, z)                                      # back to images, (4, 3, H, W)
 
@@ -75,8 +75,8 @@ def encode(tok: Tokenizer, images: torch.Tensor, sample: bool = False, seed: int
     """Images (B, 3, H, W) in [-1, 1] -> latents (B, C, h, w): posterior means, or posterior samples with
     `sample=True` (seeded by `seed`); token ids (B, K) for a discrete tokenizer."""
     rng = torch.Generator().manual_seed(seed) if seed is not None else None
-    with torch.no_grad():
-        return tok.encode(images, sample=sample, rng=rng) if not getattr(tok, "discrete", False) else tok.encode(images)
+    with torch.no_grad():  # a discrete tokenizer's encode ignores sample / rng (quantization is deterministic)
+        return tok.encode(images, sample=sample, rng=rng)
 
 
 def decode(tok: Tokenizer, latents: torch.Tensor) -> torch.Tensor:

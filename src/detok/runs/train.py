@@ -101,12 +101,7 @@ def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig | SpatialVQRunConfig,
     data_cfg.image_size = cfg.tokenizer.image_size
     train_set = build_dataset(data_cfg, "train")
     spe = max(1, len(train_set) // cfg.train.global_batch_size)
-    anneal = None
-    if cfg.corruption_anneal > 0:  # the last fraction of the run fades the corruption out (steps as the engine's)
-        total = cfg.train.max_steps if cfg.train.max_steps > 0 else max(1, math.ceil(cfg.train.epochs * spe))
-        anneal = (total - max(1, round(cfg.corruption_anneal * total)), total - 1)
-    task = TokenizerTask(model, loss, disc_start_step=round(cfg.disc_start_epoch * spe), hflip=data_cfg.hflip,
-                         anneal_steps=anneal)
+    task = TokenizerTask(model, loss, disc_start_step=round(cfg.disc_start_epoch * spe), hflip=data_cfg.hflip)
     hooks: list[Hook] = []
     if cfg.probe.every_epochs > 0:
         hooks.append(GenerationProbe(cfg.probe, data_cfg, train_set, run_dir,
@@ -114,6 +109,9 @@ def train_tokenizer(cfg: TokenizerRunConfig | DDTRunConfig | SpatialVQRunConfig,
     hooks.append(LatentStatsHook(model, train_set, cfg.stats_images, cfg.stats_of, cfg.train.progress))
     trainer = Trainer(task, cfg.train, cfg.optim, kind="tokenizer", config=to_dict(cfg), collate=collate,
                       num_workers=data_cfg.num_workers, hooks=hooks)
+    if cfg.corruption_anneal > 0:  # the last fraction of the engine's planned steps fades the corruption out
+        total = trainer.plan(len(train_set)).total
+        task.anneal_steps = (total - max(1, round(cfg.corruption_anneal * total)), total - 1)
     if trainer.info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     summary = trainer.fit(train_set, resume=resume)
