@@ -158,7 +158,8 @@ def test_quickstart_writes_summary(tmp_path, monkeypatch):
     assert sit["steps"] == 2 and sit["fid_samples"] == 32 and sit["fid"] >= 0  # exactly --eval-samples
     assert sit["fid_features"] == "fake-projection" and Path(sit["samples"]).exists()
     ref = summary["reference_points"]  # beside the FIDs: real val images at the same n, and chance level
-    assert ref["real_fid_samples"] == 32 and ref["real_fid"] >= 0 and ref["chance_class_accuracy"] == 0.1
+    assert ref["real_n"] == 32 and ref["real_fid"] >= 0 and ref["chance_class_accuracy"] == 0.1
+    assert 0.0 <= ref["real_class_accuracy"] <= 1.0 and "reference_points" not in sit  # once, not per generator
 
 
 def test_convert_upstream_mar_then_load(upstream_fixture, tmp_path):

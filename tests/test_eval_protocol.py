@@ -126,6 +126,9 @@ def test_evaluate_generator_and_tokenizer_write_metrics_with_recipes(tiny_runs, 
         assert key in recipe, key
     assert recipe["feature_net"] == "fake-projection" and recipe["weights"] == "ema"
     assert recipe["sampler"]["sampler"] == "euler" and recipe["reference"]["n"] == 128
+    floor = gen["reference_points"]  # n_final real val images against the same reference: the floor at this n
+    assert floor["real_n"] == 25 and floor["real_fid"] >= 0 and floor["chance_class_accuracy"] == 0.1
+    assert "reference_points" in capsys.readouterr().out
     assert main(["evaluate", str(tok), "recon_images=16", "batch_size=8"]) == 0
     metrics = json.loads((tok / "metrics.json").read_text())
     rec = metrics["reconstruction"]
@@ -190,3 +193,24 @@ def test_generation_probe_logs_fid_and_leaves_tokenizer_training_unchanged(fake_
     assert plain.keys() == probed.keys()
     for k in plain:  # the probe neither consumed the run's randomness nor touched its modules
         assert torch.equal(plain[k], probed[k]), k
+
+
+def test_real_reference_points_score_real_images_as_samples_are(tmp_path):
+    """The floor is the real val images through the same metrics: FID against the reference, the classifier's
+    accuracy on them; computed directly here from the same images."""
+    from detok.data import build_dataset, collate
+    from detok.data.build import DataConfig
+    from detok.eval.frechet import frechet_distance
+    from detok.eval.recon import to_uint8
+
+    net, data = FakeNet(classes=10), DataConfig(name="shapes", image_size=16, num_workers=0)
+    ref = reference(net)
+    out = protocol.real_reference_points(net, ref, data, 40, batch_size=16, progress=False)
+    batch = collate([build_dataset(data, "val")[i] for i in range(40)])
+    feats = net(to_uint8(batch["image"]))
+    pool = feats["pool"].double().numpy()
+    want = frechet_distance(pool.mean(0), np.cov(pool, rowvar=False), ref.mu, ref.sigma)
+    assert out["real_n"] == 40 and out["real_fid"] == pytest.approx(float(want), rel=1e-4)
+    acc = float((feats["logits"].argmax(1) == batch["label"]).double().mean())
+    assert out["real_class_accuracy"] == pytest.approx(acc) and out["chance_class_accuracy"] == 0.1
+    assert "real_classifier_score" in out and "real_inception_score" not in out  # named for the net

@@ -41,7 +41,9 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER_TIMEOUT_S = 120
 PAGE_WIDTH_PX = 1400  # the report must fit a window this wide
 EVAL_METRICS = {"fid": 123.456, "n": 64, "feature_net": "inception-random", "weights_sha256": "ab" * 32,
-                "cfg": 1.5, "steps": 4}
+                "cfg": 1.5, "steps": 4,
+                "reference_points": {"real_fid": 3.25, "real_n": 64, "real_class_accuracy": 0.93,
+                                     "chance_class_accuracy": 0.1}}
 
 
 def _png(path: Path, size: tuple[int, int], color: tuple[int, int, int]) -> None:
@@ -140,8 +142,12 @@ def test_report_is_self_contained_with_headline_curves_images_and_tables(fake_ru
     assert re.search(r"<th>PSNR</th><td class=\"num\">21.50 dB</td>", headline)
     assert re.search(r"<th>FID</th><td class=\"num\">123.5</td><td class=\"recipe\">inception-random, 64 samples, "
                      r"cfg 1.5, 4 steps", headline)
+    # beside the FID, what it is read against: real images scored the same way, and chance
+    assert re.search(r"<th>FID of real images \(floor\)</th><td class=\"num\">3.25</td><td class=\"recipe\">"
+                     r"inception-random, 64 real val images, same reference", headline)
+    assert re.search(r"<th>class accuracy of real images</th><td class=\"num\">0.930</td>.*chance 0.10", headline)
     # every JSON result, collapsed: summary.json's generators one row each, recipe (cfg) beside value (fid)
-    for key in EVAL_METRICS:
+    for key in [k for k in EVAL_METRICS if k != "reference_points"] + ["real_fid"]:  # a nested dict: its keys
         assert key in page.headers
     assert "123.46" in text and "ab" * 32 in text
     assert re.search(r"<tr><th>sit</th><td><code>sit_tiny</code></td><td class=\"num\">1.5</td>"

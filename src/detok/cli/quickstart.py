@@ -85,10 +85,11 @@ def results_table(summary: dict) -> str:
         lines.append(f"{name:<22}{g['model']:<16}{g['steps']:>6}{g['seconds']:>9.0f}  " + ", ".join(res))
     ref = summary.get("reference_points")
     if ref:
-        chance = ref["chance_class_accuracy"]
+        chance, real_acc = ref.get("chance_class_accuracy"), ref.get("real_class_accuracy")
         lines.append(f"{'reference points':<22}{'real val images':<16}{'-':>6}{'-':>9}  FID {ref['real_fid']:.1f} "
-                     f"({ref['real_fid_samples']} samples: the floor at this n)"
-                     + (f", chance class accuracy {chance:.2f}" if chance else ""))
+                     f"({ref['real_n']} samples: the floor at this n)"
+                     + (f", class accuracy {real_acc:.2f} (the ceiling)" if real_acc is not None else "")
+                     + (f", chance {chance:.2f}" if chance else ""))
     grids = [tok["reconstructions"], *(g["samples"] for g in summary["generators"].values())]
     ddt = summary.get("ddt")
     if ddt:

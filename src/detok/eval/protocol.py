@@ -65,6 +65,11 @@ class EvalConfig:
     recon_images: int = option(0, "tokenizer: val images reconstructed (0 = the whole val split)")
     save_npz: bool = option(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
     domain_steps: int = option(0, "domain classifier training steps when it is not cached (0 = its default)")
+    real_floor: Literal["auto", "on", "off"] = option(
+        "auto", "also score n_final real val images the same way (FID of real vs the reference: the floor at "
+        "this n; the classifier's accuracy on real images: the ceiling); auto = on for the domain net, off for "
+        "Inception (its features cost about 0.5 s per image per CPU core)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,6 +221,33 @@ def _sample_into(
             images_out.append((max(start, lo), u8, y))
 
 
+@torch.no_grad()
+def real_reference_points(
+    net: FeatureNet, ref, data_cfg: DataConfig, n: int, *, batch_size: int = 250, precision_recall: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The numbers to read a generator's metrics against: the first n real val images scored exactly as
+    samples are (`_Scale`: FID against the same reference, class accuracy, P / R when asked).
+
+    FID is biased upwards at small n, so real-vs-real FID at the samples' n is the floor a sample FID is
+    compared with; the classifier's accuracy on real images is the ceiling of a sample's class accuracy,
+    and 1 / classes its chance level.
+    """
+    rank, world = dist.rank_world()
+    val = build_dataset(data_cfg, "val")
+    n = min(n, len(val))
+    tracker = _Scale(net, ref, float("nan"), precision_recall)
+    loader = DataLoader(Subset(val, range(rank, n, world)), batch_size=batch_size, collate_fn=collate)
+    for batch in tqdm(loader, desc="real val images", disable=not progress):
+        tracker.update(net(to_uint8(batch["image"])), batch["label"])
+    res = tracker.compute(final=True)
+    classes = getattr(val, "num_classes", 0)
+    out: dict[str, Any] = {"real_fid": res["fid"], "real_n": res["n"]}
+    out.update({f"real_{k}": v for k, v in res.items() if k not in ("cfg", "fid", "n")})
+    out["chance_class_accuracy"] = 1.0 / classes if classes else None
+    return out
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -319,6 +351,14 @@ def evaluate_generator_run(
     ref = reference_for(net, data_cfg, ecfg.ref_stats, ecfg.ref_images, progress=progress and rank == 0)
     images: list | None = [] if ecfg.save_npz else None
     res = score_generator(gen, tok, net, ref, ecfg, progress=progress and rank == 0, images_out=images)
+    floor = ecfg.real_floor == "on" or (ecfg.real_floor == "auto" and not score_name(net).startswith("inception"))
+    if floor:
+        res["reference_points"] = real_reference_points(
+            net, ref, data_cfg, ecfg.n_final, batch_size=ecfg.batch_size, precision_recall=ecfg.precision_recall,
+            progress=progress and rank == 0)
+    else:
+        res["reference_points"] = {"real_fid": None, "why": f"real_floor={ecfg.real_floor} with {net.name} features "
+                                   "(eval.real_floor=on computes it)"}
     res["recipe"] = {
         **recipe(net),
         "reference": {"path": ecfg.ref_stats or "computed: train split", "sha256": getattr(ref, "sha256", ""),

@@ -361,6 +361,20 @@ def _generation_metrics(gen: dict[str, Any]) -> list[Metric]:
                       ("Inception Score", "inception_score"), ("classifier score", "classifier_score")):
         if _is_number(best.get(key)):
             out.append(Metric(name, best[key], where(best), "", "high"))
+    return out + _reference_metrics(gen.get("reference_points"), r.get("feature_net"))
+
+
+def _reference_metrics(ref: Any, feature_net: Any = None) -> list[Metric]:
+    """What a sample FID and class accuracy are read against: real val images scored the same way (the FID
+    floor at that n, the classifier's accuracy on real images) and chance level. Not ranked."""
+    if not isinstance(ref, dict) or not _is_number(ref.get("real_fid")):
+        return []
+    where = _join(feature_net, f"{ref['real_n']} real val images" if "real_n" in ref else "", "same reference")
+    out = [Metric("FID of real images (floor)", ref["real_fid"], where)]
+    if _is_number(ref.get("real_class_accuracy")):
+        chance = ref.get("chance_class_accuracy")
+        out.append(Metric("class accuracy of real images", ref["real_class_accuracy"],
+                          _join(where, f"chance {chance:.2f}" if _is_number(chance) else "")))
     return out
 
 
@@ -417,7 +431,7 @@ def _overview_metrics(root: Path, parts: dict[str, Path]) -> dict[str, list[Metr
             out[part] = [Metric("FID", g["fid"], where, "", "low")] + [
                 Metric(label, g[key], where, "", "high") for label, key in (
                     ("class accuracy", "class_accuracy"), ("precision", "precision"), ("recall", "recall"))
-                if _is_number(g.get(key))]
+                if _is_number(g.get(key))] + _reference_metrics(summary.get("reference_points"), g.get("fid_features"))
     return out
 
 

@@ -58,7 +58,8 @@ def evaluate(
             res = evaluate_generator_run(run, ecfg, out_dir=out or None, data_cfg=fallback)
             return {"run": str(run), "kind": kind, "best": res["best"], "cfg1": res.get("cfg1", {}),
                     "search": {f"cfg {r['cfg']:g}": r["fid"] for r in res["search"]},
-                    "feature_net": res["recipe"]["feature_net"], "seconds": res["seconds"]}
+                    "reference_points": res["reference_points"], "feature_net": res["recipe"]["feature_net"],
+                    "seconds": res["seconds"]}
         if kind != "tokenizer":
             raise ValueError(f"{run} is a {kind} checkpoint; evaluate takes tokenizers and generators")
         tok = load_tokenizer(run, use_ema=ecfg.ema).to(info.device)
@@ -72,7 +73,10 @@ def evaluate(
         out_dir = Path(out or (run if Path(run).is_dir() else "."))
         if info.is_main:
             merge_json(out_dir / "metrics.json", {"reconstruction": res})
+        # rFID compares reconstructions with the same originals (real-vs-real would be 0): not comparable with
+        # a generator's FID against the train split, which has a floor above 0 at any finite n
         return {"run": str(run), "kind": kind, **{k: v for k, v in res.items() if k != "recipe"},
+                "rfid_reference": res["recipe"]["reference"],
                 "feature_net": res["recipe"]["feature_net"], "metrics": str(out_dir / "metrics.json")}
     finally:
         dist.shutdown()

@@ -89,7 +89,9 @@ def quickstart(
             }
             if eval_samples > 0:
                 results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
-    floor = _real_fid(cfg.data, eval_samples) if results and eval_samples > 0 else None
+    # real val images scored as the samples were (same n, net, reference): FID floor, accuracy ceiling, chance
+    floors = [g.pop("reference_points") for g in results.values() if "reference_points" in g]
+    floor = floors[0] if floors else None
     ddt_over = ([f"train.max_steps={steps}"] if steps else []) + list(ddt_overrides or [])
     if ddt_on not in ("latents", "pixels"):
         raise ValueError(f"ddt_on must be 'latents' or 'pixels', got {ddt_on!r}")
@@ -205,26 +207,6 @@ def _class_ceiling(run_dir: str, data_cfg, n: int = CEILING_IMAGES) -> dict[str,
     return rec["class_accuracy"]
 
 
-def _real_fid(data_cfg, n: int) -> dict[str, Any]:
-    """What a reader needs beside the generators' numbers: the FID of n real val images against the same
-    train reference in the same features (the floor at this n: FID is biased upwards at small n) and the
-    chance level of class accuracy."""
-    from detok.eval.metrics import FID
-    from detok.eval.protocol import feature_net_for, reference_for
-    from detok.eval.recon import to_uint8
-
-    net = feature_net_for("domain", data_cfg)
-    val = build_dataset(data_cfg, "val")
-    n = min(n, len(val))
-    metric = FID(net, reference_for(net, data_cfg, progress=False))
-    for start in range(0, n, 250):
-        batch = collate([val[i] for i in range(start, min(n, start + 250))])
-        metric.update(to_uint8(batch["image"]))
-    classes = getattr(val, "num_classes", 0)  # shapes and fashion-mnist both have 10
-    return {"real_fid": float(metric.compute()["fid"]), "real_fid_samples": n,
-            "chance_class_accuracy": 1.0 / classes if classes else None}
-
-
 def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
     """FID of n samples at the run's guidance scale, in the domain classifier's features (trained once, cached)."""
     from detok.eval.protocol import EvalConfig, evaluate_generator_run
@@ -239,4 +221,6 @@ def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, A
     for key in ("class_accuracy", "precision", "recall"):
         if key in best:
             out[key] = best[key]
+    if res.get("reference_points", {}).get("real_fid") is not None:
+        out["reference_points"] = res["reference_points"]
     return out
