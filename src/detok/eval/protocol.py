@@ -152,13 +152,13 @@ def reference_for(
 class _Scale:
     """Streaming metrics of the samples at one guidance scale: FID, IS / class accuracy (logits), P / R."""
 
-    def __init__(self, net: FeatureNet, ref, cfg: float, precision_recall: bool) -> None:
+    def __init__(self, net: FeatureNet, ref, cfg: float, precision_recall: bool, score: bool = True) -> None:
         from detok.eval.metrics import FID, InceptionScore, PrecisionRecall
 
         self.cfg = cfg
         self.fid = FID(net, ref)
         # a feature net without a classifier (fid-helper's Inception file) gives FID / P-R but no IS
-        self.inception_score = InceptionScore(net) if getattr(net, "fc", True) is not None else None
+        self.inception_score = InceptionScore(net) if score and getattr(net, "fc", True) is not None else None
         self.pr = PrecisionRecall(net, ref) if precision_recall and ref.features is not None else None
         self.correct = torch.zeros(2, dtype=torch.float64)  # right, seen (class-conditional accuracy)
         self.has_logits = False
@@ -170,6 +170,7 @@ class _Scale:
         if "logits" in feats and self.inception_score is not None:
             self.has_logits = True
             self.inception_score.update(feats["logits"])
+        if "logits" in feats:
             pred = feats["logits"].argmax(1).cpu()
             self.correct += torch.tensor([float((pred == labels.cpu()).sum()), float(len(labels))],
                                          dtype=torch.float64)
@@ -236,7 +237,10 @@ def real_reference_points(
     rank, world = dist.rank_world()
     val = build_dataset(data_cfg, "val")
     n = min(n, len(val))
-    tracker = _Scale(net, ref, float("nan"), precision_recall)
+    from detok.eval.metrics import IS_SPLITS
+
+    # the IS formula needs IS_SPLITS splits; a val split smaller than that gives the other numbers only
+    tracker = _Scale(net, ref, float("nan"), precision_recall, score=n >= IS_SPLITS)
     loader = DataLoader(Subset(val, range(rank, n, world)), batch_size=batch_size, collate_fn=collate)
     for batch in tqdm(loader, desc="real val images", disable=not progress):
         tracker.update(net(to_uint8(batch["image"])), batch["label"])
