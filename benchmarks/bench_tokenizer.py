@@ -52,6 +52,7 @@ from benchlib import (
 from detok import registry
 from detok.engine.ema import EMA
 from detok.engine.tasks import TokenizerTask
+from detok.engine.trainer import compile_blocks
 from detok.losses.tokenizer_loss import TokenizerLoss
 from detok.nn.optim import adamw, split_decay
 from detok.runs.config import TokenizerRunConfig, tokenizer_config
@@ -210,10 +211,8 @@ class TrainBench(TimedTrainStep):
         self.step_index = 0
 
     def compile_blocks(self) -> None:
-        """torch.compile every transformer Block in place (dynamic shapes: L changes with the mask)."""
-        for vit in (self.model.encoder, self.model.decoder):
-            for blk in vit.blocks:
-                blk.compile(dynamic=True)
+        """What `train.compile=blocks` does: every transformer Block torch.compile'd in place (dynamic shapes)."""
+        compile_blocks(self.model)
 
     def forward_backward(self, seed: int) -> dict[str, Any]:
         """task.step + every loss's backward (no update): what the FLOP-counting pass runs."""
@@ -597,6 +596,10 @@ def plan(args: argparse.Namespace) -> list[Job]:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise BenchError(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
+    bad = [v for v in args.ab_variants.split(",") if v not in VARIANTS or v == "upstream"]
+    if bad:
+        raise BenchError(f"--ab-variants: unknown {', '.join(bad)}; choose from "
+                         f"{', '.join(v for v in VARIANTS if v != 'upstream')}")
     if args.upstream and not (Path(args.upstream) / "models" / "detok.py").is_file():
         raise BenchError(f"--upstream {args.upstream}: no models/detok.py there (the root of a DeTok clone)")
     rows: list[tuple[str, str, str]] = []  # (case, flavour, variant)
@@ -614,9 +617,11 @@ def plan(args: argparse.Namespace) -> list[Job]:
     jobs = [row_job(*row, args) for row in rows]
     if args.upstream:  # A/B rounds, interleaved A B, B A, A B, ... each side in a fresh process
         for name in (n for n in names if n in UPSTREAM_CASES):
-            for r in range(args.ab_rounds):
-                pair = ["eager", "upstream"] if r % 2 == 0 else ["upstream", "eager"]
-                jobs += [row_job(name, "model", v, args, ab_round=r) for v in pair]
+            sides = [*args.ab_variants.split(","), "upstream"]
+            for r in range(args.ab_rounds):  # rotated: A B, B A (two sides); A B C, B C A, C A B (three) ...
+                k = r % len(sides) if len(sides) > 2 else 0
+                order = sides[k:] + sides[:k] if len(sides) > 2 else (sides if r % 2 == 0 else sides[::-1])
+                jobs += [row_job(name, "model", v, args, ab_round=r) for v in order]
     return jobs
 
 
@@ -669,24 +674,28 @@ def compare(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         for row in rows:
             if row.get("case") == case and "ab_round" in row and not row.get("error"):
                 pairs.setdefault(row["ab_round"], {})[row["variant"]] = row
-        rounds = []
-        for r, pair in sorted(pairs.items()):
-            if set(pair) != {"eager", "upstream"}:
-                continue
-            ours, up = pair["eager"], pair["upstream"]
-            if ours["visible_tokens"] != up["visible_tokens"]:
-                raise RuntimeError(f"{case} round {r}: the two sides ran different masks")
-            rounds.append(
-                {"round": r, "speedup": sum(up["step_seconds"]) / sum(ours["step_seconds"]),
-                 "detok_img_per_s": ours["img_per_s_mean"], "upstream_img_per_s": up["img_per_s_mean"],
-                 "detok_peak_fraction": ours["gflops_achieved"]["median"] / peak,
-                 "upstream_peak_fraction": up["gflops_achieved"]["median"] / peak,
-                 "flops_match": bool(up["flops_match_detok"]),
-                 "detok_phases": ours["phase_seconds_median"], "upstream_phases": up["phase_seconds_median"]}
-            )
-        if rounds:
-            speed = summary([x["speedup"] for x in rounds])
-            ab[case] = {"rounds": rounds, "speedup": speed, "meets_speedup_target": speed["median"] >= TARGET_SPEEDUP}
+        variants = sorted({v for pair in pairs.values() for v in pair if v != "upstream"}, key=list(VARIANTS).index)
+        for variant in variants:
+            rounds = []
+            for r, pair in sorted(pairs.items()):
+                if variant not in pair or "upstream" not in pair:
+                    continue
+                ours, up = pair[variant], pair["upstream"]
+                if ours["visible_tokens"] != up["visible_tokens"]:
+                    raise RuntimeError(f"{case} round {r}: the two sides ran different masks")
+                rounds.append(
+                    {"round": r, "speedup": sum(up["step_seconds"]) / sum(ours["step_seconds"]),
+                     "detok_img_per_s": ours["img_per_s_mean"], "upstream_img_per_s": up["img_per_s_mean"],
+                     "detok_peak_fraction": ours["gflops_achieved"]["median"] / peak,
+                     "upstream_peak_fraction": up["gflops_achieved"]["median"] / peak,
+                     "flops_match": bool(up["flops_match_detok"]),
+                     "detok_phases": ours["phase_seconds_median"], "upstream_phases": up["phase_seconds_median"]}
+                )
+            if rounds:
+                speed = summary([x["speedup"] for x in rounds])
+                key = case if variant == "eager" else f"{case} / {variant}"
+                ab[key] = {"case": case, "variant": variant, "rounds": rounds, "speedup": speed,
+                           "meets_speedup_target": speed["median"] >= TARGET_SPEEDUP}
     return {"peak": peak_rows, "upstream_ab": ab}
 
 
@@ -799,6 +808,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"training step against detok's for {', '.join(UPSTREAM_CASES)}",
     )
     p.add_argument("--ab-rounds", type=int, default=3, help="A/B rounds per case with --upstream")
+    p.add_argument("--ab-variants", default="eager", help="detok's side(s) of the A/B rounds, comma list of "
+                   "variants (e.g. eager,compile_blocks): each round runs each of them and upstream, order rotated")
     # internal: one row in this process
     p.add_argument("--ab-round", type=int, default=-1, help=argparse.SUPPRESS)
     p.add_argument("--case", default="", help=argparse.SUPPRESS)

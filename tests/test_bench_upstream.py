@@ -46,3 +46,19 @@ def test_upstream_path_errors_name_the_problem(tmp_path):
         upstream_detok.import_upstream(tmp_path)
     with pytest.raises(BenchError, match="no models/detok.py"):
         bt.plan(bt.parse_args(["--upstream", str(tmp_path), "--cases", "detok_ss_32"]))
+
+
+def test_ab_rounds_rotate_over_every_side(tmp_path):
+    """--ab-variants eager,compile_blocks: each round runs both detok variants and upstream, in rotated order,
+    so no side always runs first (machine drift within a round falls on each side in turn)."""
+    clone = tmp_path / "DeTok"
+    (clone / "models").mkdir(parents=True)
+    (clone / "models" / "detok.py").write_text("")
+    args = bt.parse_args(["--upstream", str(clone), "--cases", "detok_ss_32", "--flavours", "model",
+                          "--ab-variants", "eager,compile_blocks"])
+    ab = [job.key for job in bt.plan(args) if "ab_round" in job.key]
+    rounds = [[k["variant"] for k in ab if k["ab_round"] == r] for r in range(3)]
+    assert rounds == [["eager", "compile_blocks", "upstream"], ["compile_blocks", "upstream", "eager"],
+                      ["upstream", "eager", "compile_blocks"]]
+    with pytest.raises(BenchError, match="--ab-variants: unknown nope"):
+        bt.plan(bt.parse_args(["--upstream", str(clone), "--ab-variants", "eager,nope"]))
