@@ -278,7 +278,8 @@ def meta_flops_by_keep(cfg: TokenizerRunConfig, flavour: str, batch: int, keeps:
     out: dict[int, int] = {}
     for keep in keeps:
 
-        def fixed(b: int, device: torch.device, generator: torch.Generator | None = None, keep: int = keep):
+        def fixed(b: int, device: torch.device, generator: torch.Generator | None = None, strength: float = 1.0,
+                  *, keep: int = keep):  # DeTok.draw_mask's signature, L fixed
             ratio = torch.full((b,), 1.0 - keep / n_tok, device=device)
             if keep == n_tok:
                 return None, None, None, ratio

@@ -62,3 +62,17 @@ def test_ab_rounds_rotate_over_every_side(tmp_path):
                       ["upstream", "eager", "compile_blocks"]]
     with pytest.raises(BenchError, match="--ab-variants: unknown nope"):
         bt.plan(bt.parse_args(["--upstream", str(clone), "--ab-variants", "eager,nope"]))
+
+
+def test_meta_flop_counts_follow_the_visible_tokens():
+    """The FLOPs every A/B row is scored with (meta device, DeTok.draw_mask replaced by a fixed L): more visible
+    tokens cost more, the quadratic fit reproduces a fourth count, and L = N is the unmasked step."""
+    cfg = bt.run_config(bt.CASES["quickstart"], "model")
+    flops = bt.ModelFlops(cfg, 4)
+    n = flops.n_tok
+    counts = [flops(k) for k in (1, n // 4, n // 2, n - 1, n)]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    bench = bt.TrainBench(cfg, "model", 4, "eager")
+    seed = next(s for s in range(100) if bt.draws_of(cfg, 4, s)[1] < n)  # a masked step
+    counted, keep = bench.count(seed)
+    assert counted == flops(keep)  # the CPU count of the step that ran equals the meta count at its L
