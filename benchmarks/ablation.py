@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gen-steps", type=int, default=None, help="steps of every generator (default 300; --quick: 2)")
     p.add_argument("--stats-of", default="sample", choices=["mean", "sample"],
                    help="normalise latents by statistics of posterior samples (default) or means (upstream)")
-    p.add_argument("--cache-images", type=int, default=10000, help="train images encoded for the generators")
+    p.add_argument("--cache-images", type=int, default=None,
+                   help="train images encoded for the generators (default 10000; --quick: 256)")
     p.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="key=value")
     p.add_argument("--out", default=str(REPO / "runs" / "ablation16"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "ablation.json"))
@@ -288,9 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.tok_steps, args.gen_steps = 3, 2 if args.gen_steps is None else args.gen_steps
         evals += ["n_search=64", "n_final=64", "cfg_scales=[1.0,2.0]", "recon_images=64", "domain_steps=20",
-                  "batch_size=64"]
+                  "batch_size=64", "ref_images=512"]
+        args.cache_images = 256 if args.cache_images is None else args.cache_images
         args.results = str(out / "ablation.json")
     args.gen_steps = 300 if args.gen_steps is None else args.gen_steps
+    args.cache_images = 10000 if args.cache_images is None else args.cache_images
     ecfg = resolve(EvalConfig, ["eval_small"], evals)
     if args.robustness:
         fill_robustness(Path(args.results), out, ecfg)
