@@ -26,9 +26,9 @@ def test_check_stage_records_then_refuses_other_settings(tmp_path):
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(BENCH / "ablation.py"), "--quick", "--threads", "1", "--out", str(out), "--data", "",
+    cmd = [sys.executable, str(BENCH / "ablation.py"), "--quick", "--threads", "2", "--out", str(out), "--data", "",
            "--extra", "shapes:baseline:0", "--generators", "sit", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETOK_CACHE": str(out / "cache")}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "DETOK_CACHE": str(out / "cache")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
 
 

@@ -64,7 +64,7 @@ def test_fid_command_agrees_with_torchmetrics_with_the_same_inception_weights(tm
     _save_folder(fake, tmp_path / "fake")
     np.savez(tmp_path / "real.npz", arr_0=real.permute(0, 2, 3, 1).numpy())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 32 samples in 2048 dims: rank deficient, on purpose (speed)
+        warnings.simplefilter("ignore")  # 16 samples in 2048 dims: rank deficient, on purpose (speed)
         assert main(["fid", str(tmp_path / "fake"), str(tmp_path / "real.npz"), "--out", str(tmp_path / "a.json")]) == 0
         tm = FrechetInceptionDistance(feature=TorchScriptInception(path))
         tm.update(real, real=True)
