@@ -214,3 +214,19 @@ def test_real_reference_points_score_real_images_as_samples_are(tmp_path):
     acc = float((feats["logits"].argmax(1) == batch["label"]).double().mean())
     assert out["real_class_accuracy"] == pytest.approx(acc) and out["chance_class_accuracy"] == 0.1
     assert "real_classifier_score" in out and "real_inception_score" not in out  # named for the net
+
+
+@pytest.mark.parametrize("value", ["auto", "always", "never"])
+def test_real_floor_values_survive_the_command_line(value):
+    """Every choice parses from `key=value` (YAML would read on / off / yes / no as booleans)."""
+    from detok.config import resolve
+
+    assert resolve(EvalConfig, [], [f"real_floor={value}"]).real_floor == value
+
+
+def test_train_compile_values_survive_the_command_line():
+    from detok.config import resolve
+    from detok.engine.trainer import TrainConfig
+
+    for value in ("none", "blocks"):
+        assert resolve(TrainConfig, [], [f"compile={value}"]).compile == value

@@ -136,3 +136,20 @@ def test_compiled_blocks_train_like_eager(kind, name):
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
     for n in eager:
         torch.testing.assert_close(compiled[n], eager[n], rtol=1e-4, atol=1e-6, msg=f"{name}: {n}")
+
+
+@pytest.mark.slow
+def test_engine_trains_with_compiled_blocks_and_saves_the_plain_names(tmp_path):
+    """train.compile=blocks through the real CLI: the run finishes (EMA copy, reconstructions), its checkpoint has
+    the eager run's parameter names (no torch.compile wrapper prefix) and loads as a plain tokenizer."""
+    from detok.cli.main import main
+    from detok.tokenizers.load import load_tokenizer
+
+    states = {}
+    for mode in ("none", "blocks"):
+        out = tmp_path / mode
+        assert main(["train", "tokenizer", "--config", "tokenizer_tiny", "--out", str(out), "train.max_steps=3",
+                     f"train.compile={mode}", "train.progress=false"]) == 0
+        assert (out / "reconstructions.png").is_file()
+        states[mode] = load_tokenizer(out).state_dict()
+    assert list(states["blocks"]) == list(states["none"])

@@ -72,8 +72,8 @@ class TrainConfig:
     ckpt_every: int = option(1000, "checkpoint every this many steps", min=1)
     keep_checkpoints: int = option(2, "newest checkpoints kept (0 = all)", min=0)
     tensorboard: bool = False
-    compile: Literal["off", "blocks"] = option(
-        "off", "blocks: torch.compile (dynamic shapes) every transformer block in place before training; fuses "
+    compile: Literal["none", "blocks"] = option(
+        "none", "none (eager), or blocks: torch.compile (dynamic shapes) every transformer block in place before training; fuses "
         "the element-wise work around the matmuls, compiles once (about 45 s on a CPU at detok_ss), same math "
         "to float rounding; docs/benchmarks.md says where it pays")
     max_bad_steps: int = field(default=5, metadata={"help": "stop after this many non-finite steps in a row"})

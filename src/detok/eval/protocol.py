@@ -65,9 +65,9 @@ class EvalConfig:
     recon_images: int = option(0, "tokenizer: val images reconstructed (0 = the whole val split)")
     save_npz: bool = option(False, "write the final samples as ADM's .npz (arr_0 uint8 NHWC, arr_1 labels)")
     domain_steps: int = option(0, "domain classifier training steps when it is not cached (0 = its default)")
-    real_floor: Literal["auto", "on", "off"] = option(
+    real_floor: Literal["auto", "always", "never"] = option(
         "auto", "also score n_final real val images the same way (FID of real vs the reference: the floor at "
-        "this n; the classifier's accuracy on real images: the ceiling); auto = on for the domain net, off for "
+        "this n; the classifier's accuracy on real images: the ceiling); auto = for the domain net, not for "
         "Inception (its features cost about 0.5 s per image per CPU core)"
     )
 
@@ -234,11 +234,11 @@ def real_reference_points(
     compared with; the classifier's accuracy on real images is the ceiling of a sample's class accuracy,
     and 1 / classes its chance level.
     """
+    from detok.eval.metrics import IS_SPLITS
+
     rank, world = dist.rank_world()
     val = build_dataset(data_cfg, "val")
     n = min(n, len(val))
-    from detok.eval.metrics import IS_SPLITS
-
     # the IS formula needs IS_SPLITS splits; a val split smaller than that gives the other numbers only
     tracker = _Scale(net, ref, float("nan"), precision_recall, score=n >= IS_SPLITS)
     loader = DataLoader(Subset(val, range(rank, n, world)), batch_size=batch_size, collate_fn=collate)
@@ -355,14 +355,14 @@ def evaluate_generator_run(
     ref = reference_for(net, data_cfg, ecfg.ref_stats, ecfg.ref_images, progress=progress and rank == 0)
     images: list | None = [] if ecfg.save_npz else None
     res = score_generator(gen, tok, net, ref, ecfg, progress=progress and rank == 0, images_out=images)
-    floor = ecfg.real_floor == "on" or (ecfg.real_floor == "auto" and not score_name(net).startswith("inception"))
+    floor = ecfg.real_floor == "always" or (ecfg.real_floor == "auto" and not str(net.name).startswith("inception"))
     if floor:
         res["reference_points"] = real_reference_points(
             net, ref, data_cfg, ecfg.n_final, batch_size=ecfg.batch_size, precision_recall=ecfg.precision_recall,
             progress=progress and rank == 0)
     else:
         res["reference_points"] = {"real_fid": None, "why": f"real_floor={ecfg.real_floor} with {net.name} features "
-                                   "(eval.real_floor=on computes it)"}
+                                   "(eval.real_floor=always computes it)"}
     res["recipe"] = {
         **recipe(net),
         "reference": {"path": ecfg.ref_stats or "computed: train split", "sha256": getattr(ref, "sha256", ""),

@@ -87,8 +87,9 @@ def quickstart(
                 "parameters_m": res["parameters_m"], "final_loss": res["final"].get("loss"),
                 "samples": res["samples"]["grid"], "cfg_scale": g_cfg.sample.cfg_scale, "run_dir": res["run_dir"],
             }
-            if eval_samples > 0:
-                results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples))
+            if eval_samples > 0:  # the real-image reference points once: the same n, net and reference for all
+                results[name].update(_fid(res["run_dir"], tokenizer, cfg.data, g_cfg.sample.cfg_scale, eval_samples,
+                                          real_floor=len(results) == 1))
     # real val images scored as the samples were (same n, net, reference): FID floor, accuracy ceiling, chance
     floors = [g.pop("reference_points") for g in results.values() if "reference_points" in g]
     floor = floors[0] if floors else None
@@ -207,13 +208,14 @@ def _class_ceiling(run_dir: str, data_cfg, n: int = CEILING_IMAGES) -> dict[str,
     return rec["class_accuracy"]
 
 
-def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int) -> dict[str, Any]:
+def _fid(run_dir: str, tokenizer, data_cfg, scale: float, n: int, real_floor: bool = True) -> dict[str, Any]:
     """FID of n samples at the run's guidance scale, in the domain classifier's features (trained once, cached)."""
     from detok.eval.protocol import EvalConfig, evaluate_generator_run
 
     t0 = time.perf_counter()
     ecfg = EvalConfig(feature_net="domain", cfg_scales=[scale], n_search=n, n_final=n, final_cfg1=False,
-                      batch_size=min(250, n))  # blocks of the batch size are drawn whole: no more than n
+                      batch_size=min(250, n),  # blocks of the batch size are drawn whole: no more than n
+                      real_floor="always" if real_floor else "never")
     res = evaluate_generator_run(run_dir, ecfg, tokenizer=tokenizer, data_cfg=data_cfg)
     best = res["best"]
     out = {"fid": best["fid"], "fid_samples": best["n"], "fid_features": res["recipe"]["feature_net"],
