@@ -43,11 +43,16 @@ import numpy as np
 import torch
 
 from benchlib import (
+    CPU,
     JSON_MARK,
     MATMUL_N,
+    NO_CUDA,
     REPO,
+    BenchDevice,
     BenchError,
     Job,
+    add_device_args,
+    bench_device,
     counter,
     fmt_range,
     machine_info,
@@ -69,6 +74,7 @@ QUICKSTART_CLASSES = 10
 TARGET_BACKBONE_SPEEDUP = 5.0  # transformer part: cache vs recompute
 TARGET_WHOLE_SPEEDUP = 3.0  # whole-image RasterAR sampling vs the no-cache algorithm, same run
 WHOLE_RUN_LIMIT_S = 180.0  # longer whole-image runs are timed on the first k tokens and extrapolated
+DEV: BenchDevice = CPU  # where this process's row runs (set by main from --device / --amp)
 SMALL_AR = {
     "width": 512,
     "depth": 8,
@@ -207,14 +213,14 @@ class Probe:
 
     def reset(self, stop_after: int | None = None) -> None:
         self.calls, self.inside, self.ends = 0, 0.0, []
-        self.t0 = time.perf_counter()
+        self.t0 = DEV.now()
         if stop_after is not None:
             self.stop_after = stop_after
 
     def __call__(self, *args, **kwargs):
-        ta = time.perf_counter()
+        ta = DEV.now()
         out = (self.fake or self.real)(*args, **kwargs)
-        tb = time.perf_counter()
+        tb = DEV.now()
         self.calls += 1
         self.inside += tb - ta
         self.ends.append(tb - self.t0)
@@ -243,7 +249,7 @@ def build(case: Case, **extra: Any):
     from detok.generators.load import build_generator
 
     latent, classes = shapes(case)
-    return build_generator(case.model, latent, classes, {**case.overrides, **extra})
+    return build_generator(case.model, latent, classes, {**case.overrides, **extra}).to(DEV.device)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -251,7 +257,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def labels_for(batch: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, NUM_CLASSES, (batch,), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, NUM_CLASSES, (batch,), generator=torch.Generator().manual_seed(seed)).to(DEV.device)
 
 
 def family(model: str) -> registry.Family:
@@ -337,11 +343,11 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
         # dopri5 is adaptive: count its model calls. This untrained SiT outputs exactly v = 0 (zero-init output
         # layer), so a zero model gives the solver the identical trajectory: count on it (no compute).
         with torch.no_grad():
-            x = torch.randn(1, *LATENT)
-            zero_out = bool(stepper.real(x, torch.rand(1), labels[:1]).abs().max() == 0)
+            x = torch.randn(1, *LATENT, device=DEV.device)
+            zero_out = bool(stepper.real(x, torch.rand(1, device=DEV.device), labels[:1]).abs().max() == 0)
         stepper.fake = lambda x, t, y: torch.zeros_like(x)
         stepper.reset(0)
-        gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=torch.Generator().manual_seed(args.seed))
+        gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=DEV.generator(args.seed))
         n_total = stepper.calls
         stepper.fake = None
         nfe_note = (f"NFE counted on this untrained model (output exactly 0: {zero_out}); a trained SiT's "
@@ -356,13 +362,14 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
 
     def once(seed: int) -> tuple[float, float]:
         stepper.reset(k)
-        g = torch.Generator().manual_seed(seed)
-        t0 = time.perf_counter()
+        g = DEV.generator(seed)
+        t0 = DEV.now()
         try:
-            gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=g, **kwargs)
+            with DEV.autocast():
+                gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=g, **kwargs)
         except Stop:
             pass
-        return time.perf_counter() - t0, stepper.inside
+        return DEV.now() - t0, stepper.inside
 
     warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
     steps_run = k or n_total
@@ -426,22 +433,24 @@ def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str,
     ema = EMA(gen, 0.9999)
     g = torch.Generator().manual_seed(args.seed + 1)
     latent, classes = shapes(case)
-    latents = torch.randn(case.batch, *latent, generator=g)
+    latents = torch.randn(case.batch, *latent, generator=g).to(DEV.device)
     labels = torch.randint(0, classes, (case.batch,), generator=torch.Generator().manual_seed(args.seed))
-    rng = torch.Generator()
+    labels = labels.to(DEV.device)
+    rng = torch.Generator(device=DEV.device)  # the engine's: on the training device
 
     def step(seed: int) -> dict[str, float]:
         rng.manual_seed(seed)
-        t0 = time.perf_counter()
-        out = gen.loss(latents, labels, rng)
-        t1 = time.perf_counter()
+        t0 = DEV.now()
+        with DEV.autocast():  # forward and loss, as the engine's train.precision
+            out = gen.loss(latents, labels, rng)
+        t1 = DEV.now()
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        t2 = time.perf_counter()
+        t2 = DEV.now()
         opt.step()
-        t3 = time.perf_counter()
+        t3 = DEV.now()
         ema.update(gen)
-        t4 = time.perf_counter()
+        t4 = DEV.now()
         if not torch.isfinite(out["loss"].detach()):
             raise FloatingPointError(f"non-finite loss in {name}")
         mr = float(out["mask_ratio"]) if "mask_ratio" in out else None
@@ -506,33 +515,33 @@ def run_kv_backbone(name: str, case: Case, args: argparse.Namespace) -> dict[str
     """
     gen, info = small_ar(case, args)
     c = gen.token_dim
-    head = Probe(gen.diffloss, "sample", fake=lambda z, z_uncond=None, **kw: torch.zeros(z.shape[0], c))
+    head = Probe(gen.diffloss, "sample", fake=lambda z, z_uncond=None, **kw: torch.zeros(z.shape[0], c, device=z.device))
     labels = labels_for(case.batch, args.seed)
     n_tok = gen.seq_len
     k_direct = 8 if args.quick else 48
 
     def loop(cache: bool, stop: int = 0) -> tuple[float, list[float]]:
         head.reset(stop)
-        t0 = time.perf_counter()
+        t0 = DEV.now()
         try:
-            gen.sample(
-                case.batch, labels, cfg_scale=1.0, rng=torch.Generator().manual_seed(0), use_kv_cache=cache
-            )
+            with DEV.autocast():
+                gen.sample(case.batch, labels, cfg_scale=1.0, rng=DEV.generator(0), use_kv_cache=cache)
         except Stop:
             pass
-        return time.perf_counter() - t0, list(head.ends)
+        return DEV.now() - t0, list(head.ends)
 
     lengths = [1, 8, 32, 64, 128, 192, 256] if not args.quick else [1, 64, 256]
     d = gen.cfg.width
 
     def prefix(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(n)
-        return torch.randn(case.batch, n, d, generator=g), gen.conditions(labels, n)
+        return torch.randn(case.batch, n, d, generator=g).to(DEV.device), gen.conditions(labels, n)
 
     def prefix_call(n: int, x: torch.Tensor, cond: torch.Tensor) -> float:
-        t0 = time.perf_counter()
-        gen.transformer(x, cond)[:, -1]
-        return time.perf_counter() - t0
+        t0 = DEV.now()
+        with DEV.autocast():
+            gen.transformer(x, cond)[:, -1]
+        return DEV.now() - t0
 
     warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
     with torch.no_grad():
@@ -633,13 +642,14 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
         head.reset(stop)
         head.real = fast_head if cache else plain_head
         kw = {"head_steps": steps} if steps else {}
-        t0 = time.perf_counter()
+        t0 = DEV.now()
         try:
-            gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=torch.Generator().manual_seed(seed),
-                       use_kv_cache=cache, **kw)  # fmt: skip
+            with DEV.autocast():
+                gen.sample(case.batch, labels, cfg_scale=case.cfg, rng=DEV.generator(seed),
+                           use_kv_cache=cache, **kw)  # fmt: skip
         except Stop:
             pass
-        return {"seconds": time.perf_counter() - t0, "head_seconds": head.inside, "tokens": head.calls}
+        return {"seconds": DEV.now() - t0, "head_seconds": head.inside, "tokens": head.calls}
 
     warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
     nc_repeats = args.kv_nocache_repeats
@@ -648,12 +658,13 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
         w_n = [run(False, 8) for _ in range(warmup)][-1]
         # predict the no-cache whole run: head per token (from the cached warm-up) + the prefix recompute,
         # sum over n of T(n) ~ 256 / 2 * T(256) (T linear in n), T(256) timed once
-        x = torch.randn(case.batch, n_tok, gen.cfg.width)
+        x = torch.randn(case.batch, n_tok, gen.cfg.width, device=DEV.device)
         cond = gen.conditions(labels, n_tok)
-        gen.transformer(x, cond)
-        t0 = time.perf_counter()
-        gen.transformer(x, cond)
-        t256 = time.perf_counter() - t0
+        with DEV.autocast():
+            gen.transformer(x, cond)
+            t0 = DEV.now()
+            gen.transformer(x, cond)
+            t256 = DEV.now() - t0
         predicted = w_n["head_seconds"] / w_n["tokens"] * n_tok + (n_tok + 1) / 2 * t256
         k = 16 if args.quick else (0 if predicted <= WHOLE_RUN_LIMIT_S else 64)
         order = ["c", "n"] * min(repeats, nc_repeats) + ["c"] * max(0, repeats - nc_repeats)
@@ -703,15 +714,17 @@ def run_kv_whole(name: str, case: Case, args: argparse.Namespace) -> dict[str, A
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     case = CASES[args.case]
     rss_start = rss_mb()
-    before = matmul_peak(args.case_peak_seconds)
+    before = matmul_peak(args.case_peak_seconds, dev=DEV)
+    DEV.reset_peak_memory()
     t0 = time.perf_counter()
     fn = {"sample": run_sample_case, "train": run_train_case, "kv_backbone": run_kv_backbone,
           "kv_whole": run_kv_whole}[case.kind]  # fmt: skip
     row = fn(args.case, case, args)
     row["wall_seconds"] = time.perf_counter() - t0
-    row["peak_rss_mb"] = rss_mb()
+    row.update(DEV.memory())  # peak_rss_mb (+ peak_cuda_mb on a GPU)
     row["rss_at_start_mb"] = rss_start
-    after = matmul_peak(args.case_peak_seconds)
+    row["device"], row["amp"] = DEV.type, DEV.amp
+    after = matmul_peak(args.case_peak_seconds, dev=DEV)
     row["case_matmul_gflops"] = max(before["max_gflops"], after["max_gflops"])
     row["threads"] = torch.get_num_threads()
     return row
@@ -738,7 +751,7 @@ def case_job(name: str, args: argparse.Namespace) -> Job:
     """The case `name`, measured by this script re-invoked in --case mode."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", name, "--json", "--threads", str(args.threads),
            "--seed", str(args.seed), "--case-peak-seconds", str(args.case_peak_seconds),
-           "--kv-nocache-repeats", str(args.kv_nocache_repeats)]  # fmt: skip
+           "--kv-nocache-repeats", str(args.kv_nocache_repeats), "--device", DEV.type, "--amp", DEV.amp]  # fmt: skip
     if args.warmup:
         cmd += ["--warmup", str(args.warmup)]
     if args.repeats:
@@ -777,7 +790,8 @@ def print_table(result: dict[str, Any]) -> None:
     mp, machine = result["matmul_peak"], result["machine"]
     peak = mp["peak_gflops"]
     print(
-        f"\nfloat32 {MATMUL_N}^2 matmul peak {peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, end "
+        f"\n{machine.get('dtype', 'float32')} {MATMUL_N}^2 matmul peak on {machine.get('device', 'cpu')} "
+        f"{peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, end "
         f"{mp['end']['max_gflops']:.1f}); {machine['threads']} threads, {machine['cpu']}, torch {machine['torch']}"
     )
     print("latents/s: generator sampling only, tokenizer decode NOT included; 16x16x16 latents, 1000 classes")
@@ -804,7 +818,7 @@ def print_table(result: dict[str, Any]) -> None:
         head = (
             f"{'case':<24}{'params':>8}{'b':>3}  {'s/step med [min-max]':<24}{'latents/s':>10}"
             f"{'GFLOP/latent':>13}{'GFLOP/s':>8}{'%pk':>5}{'RSS MB':>8}"
-        )
+        ) + (f"{'CUDA MB':>9}" if machine.get("device") == "cuda" else "")
         print("\nTraining (forward + backward + AdamW + EMA)\n" + head + "\n" + "-" * len(head))
         for r in train:
             if r.get("error"):
@@ -813,7 +827,7 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{r['case']:<24}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {fmt_range(summary(r['step_seconds']), '.2f'):<24}"
                   f"{r['latents_per_s']['median']:>10.3f}{r['flops_per_latent'] / 1e9:>13.1f}"
                   f"{r['gflops_achieved']['median']:>8.1f}{100 * r['gflops_achieved']['median'] / peak:>4.0f}%"
-                  f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
+                  f"{r['peak_rss_mb']:>8.0f}" + (f"{r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else ""))  # fmt: skip
     for r in rows:
         if r.get("kind") == "kv_backbone" and not r.get("error"):
             print(f"\nKV cache, transformer part only ({r['params'] / 1e6:.1f}M params, batch {r['batch']}, "
@@ -865,6 +879,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true",
                    help="keep the rows of the partial result at --out (same settings) and run only the missing ones")  # fmt: skip
+    add_device_args(p)
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -878,25 +893,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    global DEV
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
+    try:
+        DEV = bench_device(args.device, args.amp)
+    except BenchError as err:
+        print(f"bench_generators.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.case:
         row = run_one(args)
         print(JSON_MARK + json.dumps(row) if args.json else json.dumps(row, indent=2), flush=True)
         return row
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    print(f"[bench] rows on {DEV.describe()}" if torch.cuda.is_available() else f"[bench] {NO_CUDA}",
+          file=sys.stderr, flush=True)  # fmt: skip
     try:
         jobs = plan(args)
         header: dict[str, Any] = {
             "command": command,
-            "machine": machine_info(args.threads),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")},
+            "machine": machine_info(args.threads, DEV),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")}
+            | {"device": DEV.type, "amp": DEV.amp},
             "cases": {k: asdict(v) for k, v in CASES.items()},
             "note": "latents/s: generator sampling only, the tokenizer decode is not included",
         }
-        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume)
+        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume, dev=DEV)
     except BenchError as err:  # before any row ran: one line, no traceback
         print(f"bench_generators.py: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -34,12 +34,17 @@ from typing import Any
 import torch
 
 from benchlib import (
+    CPU,
     JSON_MARK,
     MATMUL_N,
+    NO_CUDA,
     REPO,
+    BenchDevice,
     BenchError,
     Job,
     TimedTrainStep,
+    add_device_args,
+    bench_device,
     counter,
     fmt_range,
     machine_info,
@@ -147,15 +152,19 @@ def run_config(case: Case, flavour: str) -> TokenizerRunConfig:
     return cfg
 
 
-def build_task(cfg: TokenizerRunConfig, flavour: str, seed: int) -> TokenizerTask:
-    """DeTok in train mode + TokenizerLoss; "model": pixel MSE + KL only, "full": + LPIPS, ConvNeXt, GAN."""
+def build_task(cfg: TokenizerRunConfig, flavour: str, seed: int, dev: BenchDevice = CPU) -> TokenizerTask:
+    """DeTok in train mode + TokenizerLoss on `dev`; "model": pixel MSE + KL only, "full": + LPIPS, ConvNeXt, GAN.
+
+    Initialised on the CPU (the same weights on every device for a seed), then moved, as the engine does.
+    """
     torch.manual_seed(seed)
     model = DeTok(cfg.tokenizer)
     loss_cfg = copy.deepcopy(cfg.loss)
     if flavour == "model":
         loss_cfg.perceptual_weight = 0.0
-    gen = torch.Generator().manual_seed(seed + 1) if next(model.parameters()).device.type == "cpu" else None
-    loss = TokenizerLoss(loss_cfg, rng=gen)
+    loss = TokenizerLoss(loss_cfg, rng=torch.Generator().manual_seed(seed + 1))  # init draws only
+    if dev.type != "cpu":  # (the FLOP counter builds the task on the meta device: left there)
+        model, loss = model.to(dev.device), loss.to(dev.device)
     task = TokenizerTask(
         model, loss, disc_start_step=0 if flavour == "full" else NO_GAN, hflip=cfg.data.hflip
     )
@@ -187,15 +196,16 @@ class TrainBench(TimedTrainStep):
     """
 
     def __init__(
-        self, cfg: TokenizerRunConfig, flavour: str, batch: int, variant: str, seed: int = 0
+        self, cfg: TokenizerRunConfig, flavour: str, batch: int, variant: str, seed: int = 0,
+        dev: BenchDevice = CPU,
     ) -> None:
-        self.cfg, self.flavour, self.variant = cfg, flavour, variant
-        self.task = build_task(cfg, flavour, seed)
+        self.cfg, self.flavour, self.variant, self.dev = cfg, flavour, variant, dev
+        self.task = build_task(cfg, flavour, seed, dev)
         self.model: DeTok = self.task.model
         self.keep = KeepRecorder(self.model)
         size = cfg.tokenizer.image_size
         g = torch.Generator().manual_seed(seed + 2)
-        self.batch = {"image": torch.rand(batch, 3, size, size, generator=g) * 2 - 1}
+        self.batch = {"image": (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(dev.device)}
         o = cfg.optim
         lr = o.lr or o.base_lr * cfg.train.global_batch_size / 256
         kernel = "foreach" if variant == "adamw_foreach" else o.adamw  # eager: what the engine builds
@@ -207,7 +217,7 @@ class TrainBench(TimedTrainStep):
             raise ValueError(f"expected AdamW betas (0.9, 0.95), got {o.betas}")
         self.grad_clip = o.grad_clip
         self.ema = EMA(self.model, cfg.train.ema_decay)
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device=dev.device)  # the engine's: on the training device
         self.step_index = 0
 
     def compile_blocks(self) -> None:
@@ -217,7 +227,8 @@ class TrainBench(TimedTrainStep):
     def forward_backward(self, seed: int) -> dict[str, Any]:
         """task.step + every loss's backward (no update): what the FLOP-counting pass runs."""
         self.generator.manual_seed(seed)
-        losses, logs = self.task.step(self.batch, self.step_index, self.generator)
+        with self.dev.autocast():
+            losses, logs = self.task.step(self.batch, self.step_index, self.generator)
         for name, loss in losses.items():
             self.optimizers[name].zero_grad(set_to_none=True)
             loss.backward()
@@ -354,7 +365,7 @@ def run_train_case(
 ) -> dict[str, Any]:
     """Count FLOPs for each timed repeat's seed, warm up, then time the repeats (same seeds)."""
     cfg = run_config(case, flavour)
-    bench = TrainBench(cfg, flavour, case.batch, variant, seed=args.seed)
+    bench = TrainBench(cfg, flavour, case.batch, variant, seed=args.seed, dev=args.dev)
     batch = case.batch
     warmup, repeats = (FULL_WARMUP, FULL_REPEATS) if flavour == "full" else (case.warmup, case.repeats)
     warmup, repeats = args.warmup or warmup, args.repeats or repeats
@@ -509,14 +520,16 @@ def run_upstream_case(name: str, case: Case, args: argparse.Namespace) -> dict[s
 
 
 def run_encode_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    """Eval-mode encode_moments under no_grad: img/s, counted FLOPs, achieved FLOP/s."""
+    """Eval-mode encode_moments under no_grad (and the device's autocast): img/s, counted FLOPs, FLOP/s."""
     cfg = run_config(case, "model")
+    dev: BenchDevice = args.dev
     torch.manual_seed(args.seed)
-    model = DeTok(cfg.tokenizer).eval()
+    model = DeTok(cfg.tokenizer).eval().to(dev.device)
     size = cfg.tokenizer.image_size
     images = torch.rand(case.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
+    images = images.to(dev.device)
     warmup, repeats = args.warmup or case.warmup, args.repeats or case.repeats
-    with torch.no_grad():
+    with torch.no_grad(), dev.autocast():
         with counter() as fc:
             model.encode_moments(images)
         flops = int(fc.get_total_flops())
@@ -524,9 +537,9 @@ def run_encode_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
             model.encode_moments(images)
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = dev.now()
             model.encode_moments(images)
-            times.append(time.perf_counter() - t0)
+            times.append(dev.now() - t0)
     return {
         "case": name,
         "kind": "encode",
@@ -562,7 +575,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """The --case mode: one row, measured in this (fresh) process."""
     case = CASES[args.case]
     rss_start = rss_mb()
-    ref_before = matmul_peak(args.case_peak_seconds)
+    dev: BenchDevice = args.dev
+    ref_before = matmul_peak(args.case_peak_seconds, dev=dev)
+    dev.reset_peak_memory()
     t0 = time.perf_counter()
     if case.kind == "encode":
         row = run_encode_case(args.case, case, args)
@@ -571,9 +586,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     else:
         row = run_train_case(args.case, case, args.flavour, args.variant, args)
     row["wall_seconds"] = time.perf_counter() - t0
-    row["peak_rss_mb"] = rss_mb()
+    row.update(dev.memory())  # peak_rss_mb (+ peak_cuda_mb on a GPU)
     row["rss_at_start_mb"] = rss_start  # after imports; the peak includes it
-    ref_after = matmul_peak(args.case_peak_seconds)
+    row["device"], row["amp"] = dev.type, dev.amp
+    ref_after = matmul_peak(args.case_peak_seconds, dev=dev)
     row["case_matmul_gflops"] = max(ref_before["max_gflops"], ref_after["max_gflops"])
     row["threads"] = torch.get_num_threads()
     return row
@@ -601,6 +617,9 @@ def plan(args: argparse.Namespace) -> list[Job]:
     if bad:
         raise BenchError(f"--ab-variants: unknown {', '.join(bad)}; choose from "
                          f"{', '.join(v for v in VARIANTS if v != 'upstream')}")
+    if args.upstream and args.dev != CPU:
+        raise BenchError(f"--upstream: the A/B against upstream's step runs on the CPU in float32 only "
+                         f"(asked: {args.dev.describe()}); pass --device cpu")
     if args.upstream and not (Path(args.upstream) / "models" / "detok.py").is_file():
         raise BenchError(f"--upstream {args.upstream}: no models/detok.py there (the root of a DeTok clone)")
     rows: list[tuple[str, str, str]] = []  # (case, flavour, variant)
@@ -644,6 +663,10 @@ def row_job(case: str, flavour: str, variant: str, args: argparse.Namespace, ab_
         str(args.seed),
         "--case-peak-seconds",
         str(args.case_peak_seconds),
+        "--device",
+        args.dev.type,
+        "--amp",
+        args.dev.amp,
     ]
     if args.warmup:
         cmd += ["--warmup", str(args.warmup)]
@@ -705,14 +728,15 @@ def print_table(result: dict[str, Any]) -> None:
     mp, machine = result["matmul_peak"], result["machine"]
     peak = mp["peak_gflops"]
     print(
-        f"\nfloat32 {MATMUL_N}^2 matmul peak {peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, "
+        f"\n{machine.get('dtype', 'float32')} {MATMUL_N}^2 matmul peak on {machine.get('device', 'cpu')} "
+        f"{peak:.1f} GFLOP/s (start {mp['start']['max_gflops']:.1f}, "
         f"end {mp['end']['max_gflops']:.1f}); {machine['threads']} threads, {machine['cpu']}, "
         f"torch {machine['torch']}"
     )
     head = (
         f"{'case':<18}{'flavour':<8}{'variant':<15}{'AB':>3}{'batch':>6}  {'img/s med [min-max]':<24}"
         f"{'GFLOP/img':>10}  {'GFLOP/s med [min-max]':<24}{'%peak':>6}{'vis':>6}{'RSS MB':>8}"
-    )
+    ) + (f"{'CUDA MB':>9}" if machine.get("device") == "cuda" else "")
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
@@ -725,7 +749,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['case']:<18}{r['flavour']:<8}{r['variant']:<15}{ab:>3}{r['batch']:>6}  "
             f"{fmt_range(r['img_per_s'], '.2f'):<24}{r['flops_per_img_mean'] / 1e9:>10.3f}  "
             f"{fmt_range(r['gflops_achieved'], '.1f'):<24}{100 * r['gflops_achieved']['median'] / peak:>5.1f}%"
-            f"{vis:>6}{r['peak_rss_mb']:>8.0f}"
+            f"{vis:>6}{r['peak_rss_mb']:>8.0f}" + (f"{r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else "")
         )
     comp = result["comparison"]
     if comp["peak"]:
@@ -750,13 +774,15 @@ def profile_one(args: argparse.Namespace) -> None:
 
     case = CASES[args.profile]
     cfg = run_config(case, args.flavours.split(",")[0])
-    bench = TrainBench(cfg, args.flavours.split(",")[0], case.batch, "eager", seed=args.seed)
+    bench = TrainBench(cfg, args.flavours.split(",")[0], case.batch, "eager", seed=args.seed, dev=args.dev)
     for i in range(2):
         bench.step(i)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.dev.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=False) as prof:
         for i in range(3):
             bench.step(1000 + i)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+    sort = "self_cuda_time_total" if args.dev.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -812,12 +838,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ab-variants", default="eager", help="detok's side(s) of the A/B rounds, comma list of "
                    "variants (e.g. eager,compile_blocks): each round runs each of them and upstream, order rotated")
     # internal: one row in this process
+    add_device_args(p)
     p.add_argument("--ab-round", type=int, default=-1, help=argparse.SUPPRESS)
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
     p.add_argument("--flavour", default="model", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        args.dev = bench_device(args.device, args.amp)
+    except BenchError as err:  # one line, exit 2
+        print(f"bench_tokenizer.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.flavours is None:
         args.flavours = "model" if args.quick else "model,full"
     if args.quick:
@@ -842,19 +874,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    print(f"[bench] rows on {args.dev.describe()}" if torch.cuda.is_available() else f"[bench] {NO_CUDA}",
+          file=sys.stderr, flush=True)  # fmt: skip
     try:
         jobs = plan(args)
         header = {
             "command": command,
-            "machine": machine_info(args.threads),
+            "machine": machine_info(args.threads, args.dev),
             "settings": {
-                k: v for k, v in vars(args).items() if k not in ("case", "flavour", "variant", "json")
-            },
+                k: v for k, v in vars(args).items() if k not in ("case", "flavour", "variant", "json", "dev")
+            } | {"device": args.dev.type, "amp": args.dev.amp},
             "variants": VARIANTS,
             "cases": {k: asdict(v) for k, v in CASES.items()},
             "upstream_cases": list(UPSTREAM_CASES),
         }
-        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume)
+        result = run_jobs(jobs, header, out, peak_seconds=args.peak_seconds, resume=args.resume, dev=args.dev)
     except BenchError as err:  # before any row ran: one line, no traceback
         print(f"bench_tokenizer.py: {err}", file=sys.stderr)
         raise SystemExit(2) from None

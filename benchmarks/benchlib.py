@@ -10,6 +10,8 @@ marked `JSON_MARK` on stdout. After every row the result so far is written (atom
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -65,22 +67,123 @@ def counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=flop_mapping())
 
 
-def matmul_peak(seconds: float, n: int = MATMUL_N) -> dict[str, float]:
-    """float32 n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up (threads, allocator)
+# -- the device: CPU float32, or CUDA with bf16 autocast ---------------------------------------------------
+@dataclass(frozen=True)
+class BenchDevice:
+    """Where a benchmark's rows run and how they are timed there.
+
+    device: "cpu" or "cuda"; amp: "bf16" (torch.autocast(device, bfloat16) around the forward and loss, as
+    the engine's `train.precision=auto` does on CUDA) or "fp32". On CUDA every clock read is preceded by
+    torch.cuda.synchronize (kernels run asynchronously) and peak memory is max_memory_allocated; on the
+    CPU it is ru_maxrss. The matmul peak a row is compared with is measured on the same device in the
+    same dtype (bf16 for autocast rows: the tensor-core rate).
+    """
+
+    type: str
+    amp: str
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.type)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the matmuls the rows run (the peak's dtype)."""
+        return torch.bfloat16 if self.amp == "bf16" else torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp == "bf16":
+            return torch.autocast(self.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync(self) -> None:
+        if self.type == "cuda":
+            torch.cuda.synchronize()
+
+    def now(self) -> float:
+        """perf_counter after every queued kernel has finished (a plain perf_counter on the CPU)."""
+        self.sync()
+        return time.perf_counter()
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def reset_peak_memory(self) -> None:
+        if self.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def memory(self) -> dict[str, float]:
+        """Peak memory so far: host RSS always, CUDA max_memory_allocated on a GPU (MiB)."""
+        out = {"peak_rss_mb": rss_mb()}
+        if self.type == "cuda":
+            out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+    def describe(self) -> str:
+        if self.type == "cuda":
+            return f"CUDA ({torch.cuda.get_device_name()}), {'bf16 autocast' if self.amp == 'bf16' else 'float32'}"
+        return f"CPU, {'bf16 autocast' if self.amp == 'bf16' else 'float32'}"
+
+
+NO_CUDA = "no CUDA: CPU rows only (float32); on a GPU machine the same rows run on CUDA with bf16 autocast"
+
+
+def bench_device(device: str = "auto", amp: str = "auto") -> BenchDevice:
+    """Resolve --device (auto / cpu / cuda) and --amp (auto / bf16 / fp32) into a BenchDevice.
+
+    auto: CUDA when torch sees a GPU, else the CPU. amp auto: bf16 on CUDA, float32 on the CPU (CPU math
+    stays float32; --amp bf16 on the CPU runs the autocast path there, which is how it is tested without a
+    GPU). Raises BenchError for --device cuda on a machine without one, or an unknown value.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise BenchError(f"--device {device!r}: choose auto, cpu or cuda")
+    if amp not in ("auto", "bf16", "fp32"):
+        raise BenchError(f"--amp {amp!r}: choose auto, bf16 or fp32")
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise BenchError(f"--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False; "
+                         f"torch {torch.__version__}, {build})")  # fmt: skip
+    kind = "cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu"
+    if amp == "auto":
+        amp = "bf16" if kind == "cuda" else "fp32"
+    return BenchDevice(kind, amp)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
+    p.add_argument("--amp", default="auto",
+                   help="auto (bf16 autocast on CUDA, float32 on the CPU), bf16 or fp32")  # fmt: skip
+
+
+CPU = BenchDevice("cpu", "fp32")
+
+
+def matmul_peak(seconds: float, n: int = MATMUL_N, dev: BenchDevice | None = None) -> dict[str, float]:
+    """n x n matmul rate over a loop of about `seconds`: max (the peak) and median, GFLOP/s.
+
+    On `dev` (default: the CPU, float32) in its dtype (bf16 for autocast rows). On CUDA each timed sample is
+    a burst of matmuls between two synchronisations, so the launch and sync latency does not count.
+    """
+    dev = dev or CPU
+    a = torch.randn(n, n, device=dev.device, dtype=dev.dtype)
+    b = torch.randn(n, n, device=dev.device, dtype=dev.dtype)
+    c = torch.empty(n, n, device=dev.device, dtype=dev.dtype)
+    burst = 1 if dev.type == "cpu" else 20
+    torch.mm(a, b, out=c)  # warm-up (threads, allocator, cuBLAS handles)
     rates: list[float] = []
-    t_end = time.perf_counter() + seconds
+    t_end = dev.now() + seconds
     while time.perf_counter() < t_end or len(rates) < 3:
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": len(rates)}
+        t0 = dev.now()
+        for _ in range(burst):
+            torch.mm(a, b, out=c)
+        rates.append(burst * 2 * n**3 / (dev.now() - t0) / 1e9)
+    return {"max_gflops": max(rates), "median_gflops": statistics.median(rates), "matmuls": burst * len(rates),
+            "device": dev.type, "dtype": str(dev.dtype).removeprefix("torch.")}  # fmt: skip
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model and flags, cores, torch build and threads, date, git commit."""
+def machine_info(threads: int, dev: BenchDevice | None = None) -> dict[str, Any]:
+    """CPU model and flags, cores, torch build and threads, the device the rows run on, date, git commit."""
     cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -108,7 +211,11 @@ def machine_info(threads: int) -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),
         "threads": threads,
-        "dtype": "float32",
+        "device": (dev or CPU).type,
+        "amp": (dev or CPU).amp,
+        "device_name": (dev or CPU).describe(),
+        "cuda_available": torch.cuda.is_available(),
+        "dtype": str((dev or CPU).dtype).removeprefix("torch."),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": commit,
@@ -246,6 +353,7 @@ def run_jobs(
     peak_seconds: float,
     resume: bool = False,
     peak_n: int = MATMUL_N,
+    dev: BenchDevice | None = None,
 ) -> dict[str, Any]:
     """Run every job in a fresh process and gather the rows into one result, saved after every row.
 
@@ -257,7 +365,8 @@ def run_jobs(
 
     resume: keep the rows of a partial result at `out` made with the same settings on the same CPU
     (re-running only the missing and failed ones); the peak is then the max over both runs and "resumed"
-    records the earlier run's machine and start peak.
+    records the earlier run's machine and start peak. dev: where the peak is measured (the rows' device and
+    dtype; default the CPU in float32).
     """
     kept: list[dict[str, Any]] = []  # the earlier run's rows, taken as their jobs come up
     earlier: dict[str, Any] | None = None  # what `result["resumed"]` records of the earlier run
@@ -273,7 +382,7 @@ def run_jobs(
                 "machine": old.get("machine"),
                 "matmul_peak_start": old.get("matmul_peak", {}).get("start"),
             }
-    start = matmul_peak(peak_seconds, peak_n)
+    start = matmul_peak(peak_seconds, peak_n, dev)
     print(f"[bench] matmul peak at start: {start['max_gflops']:.1f} GFLOP/s", file=sys.stderr, flush=True)
     # the start peak a partial file records: the best of this run's and the earlier run's (chained resumes)
     best_start = start
@@ -298,7 +407,7 @@ def run_jobs(
             result["resumed"] = {**earlier, "rows_kept": n_kept}
         if out:  # the rows so far survive an interrupted run
             write_json(out, {**result, "partial": True, "matmul_peak": {"start": best_start, "n": peak_n}})
-    end = matmul_peak(peak_seconds, peak_n)
+    end = matmul_peak(peak_seconds, peak_n, dev)
     peak = max(best_start["max_gflops"], end["max_gflops"])
     result["matmul_peak"] = {"start": start, "end": end, "peak_gflops": peak, "n": peak_n}
     result["wall_seconds"] = time.perf_counter() - t_run
@@ -314,7 +423,11 @@ class TimedTrainStep:
     A subclass sets `task`, `model`, `batch`, `optimizers` (name -> AdamW, in the task's update order),
     `grad_clip`, `ema`, `generator` and `step_index`; `step` then runs task.step (forward and loss), the
     finiteness check, per optimizer zero_grad / backward / clip_grad_norm_ / step, and the EMA update.
+    `dev` (default the CPU, float32): task.step runs under its autocast, as the engine's does, and every
+    clock read waits for the device (CUDA kernels are asynchronous).
     """
+
+    dev: BenchDevice = CPU
 
     task: Any
     model: torch.nn.Module
@@ -327,26 +440,28 @@ class TimedTrainStep:
 
     def step(self, seed: int) -> dict[str, float]:
         """One full training step with the generator seeded by `seed`; returns phase times (s)."""
-        t0 = time.perf_counter()
+        dev = self.dev
+        t0 = dev.now()
         self.generator.manual_seed(seed)
-        losses, _ = self.task.step(self.batch, self.step_index, self.generator)
+        with dev.autocast():
+            losses, _ = self.task.step(self.batch, self.step_index, self.generator)
         if not all(bool(torch.isfinite(v.detach()).all()) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at seed {seed}")
-        t1 = time.perf_counter()
+        t1 = dev.now()
         t_bwd = t_opt = 0.0
         for name, loss in losses.items():
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
-            ta = time.perf_counter()
+            ta = dev.now()
             loss.backward()
-            tb = time.perf_counter()
+            tb = dev.now()
             params = [p for g in opt.param_groups for p in g["params"]]
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             opt.step()
-            t_bwd, t_opt = t_bwd + tb - ta, t_opt + time.perf_counter() - tb
-        te = time.perf_counter()
+            t_bwd, t_opt = t_bwd + tb - ta, t_opt + dev.now() - tb
+        te = dev.now()
         self.ema.update(self.model)
-        t2 = time.perf_counter()
+        t2 = dev.now()
         self.step_index += 1
         return {"total": t2 - t0, "forward": t1 - t0, "backward": t_bwd, "optimizer": t_opt, "ema": t2 - te}

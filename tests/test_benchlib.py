@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # as the scripts do: `benchlib` is imported from their folder
@@ -197,3 +198,65 @@ def test_sampling_calls_use_the_current_keywords():
     assert row["diffusion_steps_per_token"] == 2
     assert row["cached"]["runs"] == 1 and row["no_cache"]["runs"] == 1
     assert sample["total_steps"] == 100 and sample["steps_timed"] == 4 and sample["extrapolated"]
+
+
+# -- the device path: CUDA + bf16 autocast on a GPU, dispatch tested here on the CPU -----------------------
+def test_device_resolution_and_the_no_cuda_error():
+    auto = benchlib.bench_device("auto", "auto")
+    assert (auto.type, auto.amp) == (("cuda", "bf16") if torch.cuda.is_available() else ("cpu", "fp32"))
+    cpu_bf16 = benchlib.bench_device("cpu", "bf16")
+    assert cpu_bf16.dtype is torch.bfloat16 and benchlib.bench_device("cpu").dtype is torch.float32
+    with cpu_bf16.autocast():  # the autocast the rows run under follows the device
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype is torch.bfloat16
+    with benchlib.CPU.autocast():
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype is torch.float32
+    for device, amp, match in (("tpu", "auto", "--device 'tpu'"), ("cpu", "fp16", "--amp 'fp16'")):
+        with pytest.raises(benchlib.BenchError, match=match):
+            benchlib.bench_device(device, amp)
+    if not torch.cuda.is_available():
+        with pytest.raises(benchlib.BenchError, match="--device cuda: torch sees no CUDA device"):
+            benchlib.bench_device("cuda")
+    peak = benchlib.matmul_peak(0.0, 64, cpu_bf16)
+    assert peak["dtype"] == "bfloat16" and peak["device"] == "cpu" and peak["max_gflops"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA path")
+@pytest.mark.parametrize("script", ["bench_tokenizer.py", "bench_generators.py"])
+def test_asking_for_cuda_without_one_is_one_line_and_exit_2(script):
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{script}: --device cuda: torch sees no CUDA device")
+
+
+def test_tokenizer_step_runs_the_forward_under_the_devices_autocast():
+    """TrainBench on BenchDevice("cpu", "bf16"): task.step's matmuls run in bf16 (as they would on CUDA), the
+    loss side stays float32 (TokenizerTask disables autocast there), the update is applied in float32."""
+    import bench_tokenizer
+
+    cfg = bench_tokenizer.run_config(bench_tokenizer.CASES["quickstart"], "model")
+    seen: list[torch.dtype] = []
+    for amp in ("bf16", "fp32"):
+        bench = bench_tokenizer.TrainBench(cfg, "model", 2, "eager", dev=benchlib.BenchDevice("cpu", amp))
+        linear = next(m for m in bench.model.modules() if isinstance(m, torch.nn.Linear))
+        hook = linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        before = [p.detach().clone() for p in bench.model.parameters()]
+        phases = bench.step(0)
+        hook.remove()
+        assert phases["total"] > 0 and all(p.dtype is torch.float32 for p in bench.model.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, bench.model.parameters()))
+    assert seen[0] is torch.bfloat16 and seen[-1] is torch.float32
+    with pytest.raises(benchlib.BenchError, match="runs on the CPU in float32 only"):  # the A/B's math is fp32
+        bench_tokenizer.plan(bench_tokenizer.parse_args(["--upstream", str(BENCH), "--amp", "bf16"]))
+
+
+def test_generator_rows_record_their_device_and_autocast(capsys):
+    """A training and a sampling row in --case mode with --amp bf16 on the CPU: the same code path a GPU row
+    takes (device tensors and generators, autocast, synchronised clocks), with the device in the row."""
+    for case in ("train_mar_tiny", "sample_dit_tiny"):
+        row = bench_generators.main(["--case", case, "--quick", "--amp", "bf16", "--device", "cpu"])
+        assert (row["device"], row["amp"]) == ("cpu", "bf16") and row["gflops_achieved"]["median"] > 0
+        assert "peak_cuda_mb" not in row and row["peak_rss_mb"] > 0
+    bench_generators.DEV = benchlib.CPU  # main set the module's device: back to the default for other tests
+    capsys.readouterr()
