@@ -425,6 +425,7 @@ def run_sample_case(name: str, case: Case, args: argparse.Namespace) -> dict[str
 def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """`gen.loss` forward, backward, AdamW (generator recipe: lr 2e-4, betas 0.9/0.95, no wd, no clip), EMA."""
     from detok.engine.ema import EMA
+    from detok.engine.trainer import compile_blocks
 
     torch.manual_seed(args.seed)
     case = resolved(case)
@@ -461,13 +462,17 @@ def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str,
     with counter() as fc:
         first = step(args.seed)  # warm-up 1, FLOP-counted (forward + backward; AdamW / EMA count 0)
     flops = int(fc.get_total_flops())
-    for i in range(1, warmup):
+    # train.compile=blocks: compiled after the eager FLOP count; the warm-up steps include the compilation
+    compiled = compile_blocks(gen) if args.variant == "compile_blocks" else 0
+    for i in range(1, max(warmup, 2 if compiled else 1)):
         step(args.seed + i)
     phases = [step(args.seed + 100 + i) for i in range(repeats)]
     times = [p["total"] for p in phases]
     row = {
         "case": name,
         "kind": "train",
+        "variant": args.variant,
+        "compiled_blocks": compiled,
         "model": case.model,
         "config": case.help,
         "params": n_params(gen),
@@ -744,10 +749,13 @@ def plan(args: argparse.Namespace) -> list[Job]:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise BenchError(f"unknown case(s) {', '.join(unknown)}; choose from: {', '.join(CASES)}")
-    return [case_job(name, args) for name in names]
+    jobs = [case_job(name, args) for name in names]
+    if args.variants:  # train.compile=blocks beside every training row
+        jobs += [case_job(n, args, "compile_blocks") for n in names if CASES[n].kind == "train"]
+    return jobs
 
 
-def case_job(name: str, args: argparse.Namespace) -> Job:
+def case_job(name: str, args: argparse.Namespace, variant: str = "eager") -> Job:
     """The case `name`, measured by this script re-invoked in --case mode."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", name, "--json", "--threads", str(args.threads),
            "--seed", str(args.seed), "--case-peak-seconds", str(args.case_peak_seconds),
@@ -758,7 +766,9 @@ def case_job(name: str, args: argparse.Namespace) -> Job:
         cmd += ["--repeats", str(args.repeats)]
     if args.quick:
         cmd += ["--quick"]
-    return Job({"case": name, "kind": CASES[name].kind}, cmd, label=name)
+    if variant != "eager":
+        cmd += ["--variant", variant]
+    return Job({"case": name, "kind": CASES[name].kind, "variant": variant}, cmd, label=f"{name} / {variant}")
 
 
 def compare_kv(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
@@ -816,15 +826,16 @@ def print_table(result: dict[str, Any]) -> None:
     train = [r for r in rows if r.get("kind") == "train"]
     if train:
         head = (
-            f"{'case':<24}{'params':>8}{'b':>3}  {'s/step med [min-max]':<24}{'latents/s':>10}"
+            f"{'case':<44}{'params':>8}{'b':>3}  {'s/step med [min-max]':<24}{'latents/s':>10}"
             f"{'GFLOP/latent':>13}{'GFLOP/s':>8}{'%pk':>5}{'RSS MB':>8}"
         ) + (f"{'CUDA MB':>9}" if machine.get("device") == "cuda" else "")
         print("\nTraining (forward + backward + AdamW + EMA)\n" + head + "\n" + "-" * len(head))
         for r in train:
             if r.get("error"):
-                print(f"{r['case']:<24} ERROR {r['error']}")
+                print(f"{r['case']:<44} ERROR {r['error']}")
                 continue
-            print(f"{r['case']:<24}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {fmt_range(summary(r['step_seconds']), '.2f'):<24}"
+            name = r["case"] + ("" if r.get("variant", "eager") == "eager" else " / compile_blocks")
+            print(f"{name:<44}{r['params'] / 1e6:>7.1f}M{r['batch']:>3}  {fmt_range(summary(r['step_seconds']), '.2f'):<24}"
                   f"{r['latents_per_s']['median']:>10.3f}{r['flops_per_latent'] / 1e9:>13.1f}"
                   f"{r['gflops_achieved']['median']:>8.1f}{100 * r['gflops_achieved']['median'] / peak:>4.0f}%"
                   f"{r['peak_rss_mb']:>8.0f}" + (f"{r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else ""))  # fmt: skip
@@ -880,6 +891,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="keep the rows of the partial result at --out (same settings) and run only the missing ones")  # fmt: skip
     add_device_args(p)
+    p.add_argument("--variants", action="store_true",
+                   help="extra training rows with every transformer block torch.compile'd (train.compile=blocks)")  # fmt: skip
+    p.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--case", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -915,7 +929,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         header: dict[str, Any] = {
             "command": command,
             "machine": machine_info(args.threads, DEV),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json")}
+            "settings": {k: v for k, v in vars(args).items() if k not in ("case", "json", "variant")}
             | {"device": DEV.type, "amp": DEV.amp},
             "cases": {k: asdict(v) for k, v in CASES.items()},
             "note": "latents/s: generator sampling only, the tokenizer decode is not included",

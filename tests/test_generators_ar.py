@@ -258,6 +258,26 @@ def test_diffloss_precomputed_modulations_equal_the_plain_head(monkeypatch, chun
     torch.testing.assert_close(head.net(x, t, c), head.net.denoise_modulated(x, head.net.modulations(y)))
 
 
+def test_diffloss_training_path_equals_the_concatenated_modulations_with_gradients():
+    """The training forward uses each adaLN output where it is made (no concatenated copy of all of them):
+    the same output and the same gradient for every parameter as the concatenate-then-split form."""
+    head = DiffLoss(channels=4, cond_channels=8, depth=3, width=16)
+    perturb(head)
+    x, c = torch.randn(6, 4, generator=gen(5)), torch.randn(6, 8, generator=gen(6))
+    t = torch.tensor([0, 7, 99, 500, 998, 999])
+    grads = []
+    for split in (False, True):
+        head.zero_grad(set_to_none=True)
+        y = head.net.time_embed(t) + head.net.cond_embed(c)
+        out = head.net.denoise_modulated(x, head.net.modulations(y)) if split else head.net.denoise(x, y)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in head.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][name], grads[1][1][name], rtol=1e-6, atol=1e-6, msg=name)
+
+
 # -- sizes -------------------------------------------------------------------------------------------
 
 

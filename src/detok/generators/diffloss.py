@@ -9,6 +9,8 @@ Axis letters: M tokens flattened over the batch, C token channels, W head width,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,22 +74,33 @@ class DiffLossMLP(nn.Module):
         return self.denoise(x, self.time_embed(t) + self.cond_embed(c))
 
     def denoise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x (M, C) noisy tokens, y (M, W) summed time + condition embeddings -> (M, 2C)."""
-        return self.denoise_modulated(x, self.modulations(y))
+        """x (M, C) noisy tokens, y (M, W) summed time + condition embeddings -> (M, 2C).
+
+        The training path: each adaLN output is used where it is made (no concatenated copy of all of them,
+        which at the training batch is the largest tensor of the step, and its gradient another).
+        """
+        return self._denoise_parts(x, self._modulation_parts(y))
+
+    def _modulation_parts(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """Every adaLN output for conditions y (..., W): [block 1 (..., 3W), ..., final (..., 2W)]."""
+        layers = [b.adaLN_modulation for b in self.res_blocks] + [self.final_layer.adaLN_modulation]
+        act = F.silu(y)  # every adaLN starts with SiLU, then its Linear
+        return [m[1](act) for m in layers]
 
     def modulations(self, y: torch.Tensor) -> torch.Tensor:
         """Every adaLN output for conditions y (..., W) -> (..., MOD) = [block 1 (3W) | ... | final (2W)].
 
         They depend on (t, z) only, not on x: a sampler runs them for all its steps in one product.
         """
-        layers = [b.adaLN_modulation for b in self.res_blocks] + [self.final_layer.adaLN_modulation]
-        act = F.silu(y)  # every adaLN starts with SiLU, then its Linear
-        return torch.cat([m[1](act) for m in layers], dim=-1)  # (..., MOD)
+        return torch.cat(self._modulation_parts(y), dim=-1)  # (..., MOD)
 
     def denoise_modulated(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
         """`denoise` with its adaLN outputs mods (M, MOD) from `modulations` given."""
         width = self.input_proj.out_features
-        parts = mods.split([3 * width] * len(self.res_blocks) + [2 * width], dim=-1)
+        return self._denoise_parts(x, mods.split([3 * width] * len(self.res_blocks) + [2 * width], dim=-1))
+
+    def _denoise_parts(self, x: torch.Tensor, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """x (M, C), parts: the adaLN outputs of every block and the final layer (`_modulation_parts`)."""
         h = self.input_proj(x)  # (M, W)
         for block, mod in zip(self.res_blocks, parts):
             h = block.modulated(h, mod)
