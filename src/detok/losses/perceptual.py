@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from detok.io import read_tensors
@@ -216,6 +215,8 @@ class ConvNeXtLogitLoss(FrozenNet):
                 source=CONVNEXT_URL,
             )
         with _meta_if(pretrained):
+            import torchvision  # here, not at import: it pulls in torch._dynamo (about 1 s per CLI start)
+
             self.net = torchvision.models.convnext_small(weights=None)
         self.size = size
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
-from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from detok.config import option
 from detok.dist import rank_world
+
+if TYPE_CHECKING:  # imported where a quantizer is built: the package pulls in torch._dynamo (about 1 s)
+    from vector_quantize_pytorch import FSQ, VectorQuantize
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -82,6 +84,8 @@ class TokenQuantizer(nn.Module):
     """h (B, K, E) -> QuantOut(codes (B, K, E), ids (B, K), loss ()), by VQ (EMA cosine codebook) or FSQ."""
 
     def __init__(self, cfg: QuantizerConfig) -> None:
+        from vector_quantize_pytorch import FSQ, VectorQuantize
+
         super().__init__()
         self.cfg = cfg
         self.code_dim = cfg.code_dim

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from detok.config import from_dict
@@ -34,6 +33,8 @@ def save_pairs_grid(images: torch.Tensor, recon: torch.Tensor, path: str | Path,
         rows += [images[i : i + nrow], recon[i : i + nrow]]
         if baseline is not None:
             rows.append(baseline[i : i + nrow])
+    from torchvision.utils import make_grid  # here: torchvision pulls in torch._dynamo (~1 s)
+
     grid = make_grid(torch.cat(rows).float().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1, pad_value=1.0)
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
@@ -99,6 +100,8 @@ def save_prefix_grid(images: torch.Tensor, by_j: dict[int, torch.Tensor], path: 
     n = min(rows, images.shape[0])
     cols = [by_j[j][:n] for j in sorted(by_j)] + [images[:n]]  # each (n, 3, H, W)
     tiles = torch.stack(cols, dim=1).flatten(0, 1)  # (n * (J + 1), 3, H, W), row-major
+    from torchvision.utils import make_grid  # here: torchvision pulls in torch._dynamo (~1 s)
+
     grid = make_grid(tiles.float().clamp(-1, 1) * 0.5 + 0.5, nrow=len(cols), padding=1, pad_value=1.0)
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 

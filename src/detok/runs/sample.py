@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from detok import dist
@@ -42,6 +41,8 @@ def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path
         if row.shape[0] < per_row:  # pad a short row with white
             row = torch.cat([row, row.new_ones(per_row - row.shape[0], *row.shape[1:])])
         rows.append(row)
+    from torchvision.utils import make_grid  # here: torchvision pulls in torch._dynamo (~1 s)
+
     grid = make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=1.0)  # (3, R*(h+2)+2, K*(w+2)+2)
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
     texts = [names[c] if names and 0 <= c < len(names) else f"class {c}" for c in classes]
