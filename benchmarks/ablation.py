@@ -48,6 +48,10 @@ MAIN = {
 }
 GAMMA = {f"gamma{g:g}": ("interpolative" if g else "none", g, 0.0) for g in (1.0, 2.0, 4.0)}
 MASK = {f"mask{m:g}": ("interpolative", 3.0, m) for m in (0.3, 0.5, 0.9)}
+# our mitigation of the train / inference mismatch: joint, with tau and the mask ratio faded to 0 over the last
+# third of tokenizer training (`corruption_anneal`), so the decoder ends on clean latents with its encoder
+MITIGATION = {"joint_anneal": ("interpolative", 3.0, 0.7)}
+ANNEAL = {"joint_anneal": 1 / 3}  # variant -> corruption_anneal (fraction of the last steps); others 0
 
 
 def variants(grid: str) -> dict[str, tuple[str, float, float]]:
@@ -56,6 +60,8 @@ def variants(grid: str) -> dict[str, tuple[str, float, float]]:
         out.update(GAMMA)
     if grid in ("mask", "all"):
         out.update(MASK)
+    if grid in ("mitigation", "all"):
+        out.update(MITIGATION)
     return out
 
 
@@ -141,6 +147,9 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
            "image_size": image_size, "warmup_epochs": WARMUP[data]}
     if kl_scale != "sum":  # v1 records have no kl_scale (they all used the paper's sum)
         key["kl_scale"] = kl_scale
+    anneal = ANNEAL.get(name, 0.0)
+    if anneal:  # only the mitigation rows carry it (older records have none)
+        key["corruption_anneal"] = anneal
     check_stage(run, key)
     done = run / "summary.json"
     if done.is_file():
@@ -148,7 +157,7 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
                  f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
                  f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}",
-                 f"loss.kl_scale={kl_scale}", *STUDY_PINS]
+                 f"loss.kl_scale={kl_scale}", f"corruption_anneal={anneal}", *STUDY_PINS]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)
@@ -236,6 +245,112 @@ def fill_robustness(results: Path, out: Path, ecfg) -> None:
         path.write_text(json.dumps(done, indent=2))
 
 
+@torch.no_grad()
+def secondary_endpoints(tok, data_cfg, cells: list[tuple[Path, float]], ecfg, n: int, seed: int = 0) -> dict:
+    """Protocol v2's mechanism endpoints of one tokenizer (its decoder as the generators use it), at n images each,
+    against the primary endpoint's reference (the same feature net and train-split statistics):
+
+    - `perfect_fid`: FID of decoded posterior samples of n val images, the FID of a generator whose latents are
+      exactly the tokenizer's; a cell's `excess_fid` is its final FID minus this (what the generator adds);
+    - `latent_fd`: Frechet distance between n latents of each generator cell (`cells`: run folder and its best
+      CFG scale, balanced classes) and n normalised posterior samples of val images, flattened (C*h*w numbers),
+      the distance of the two distributions where the generator models them;
+    - `ifid` (arXiv 2603.05630): FID of decoded midpoints 0.5 (z_i + z_j) between each val image's normalised
+      posterior mean z_i and its nearest other val latent z_j (L2), how well the space between latents decodes.
+    """
+    from detok.data import build_dataset
+    from detok.eval.frechet import frechet_distance, gaussian_stats
+    from detok.eval.metrics import FID
+    from detok.eval.protocol import feature_net_for, reference_for
+    from detok.eval.recon import to_uint8
+    from detok.generators.load import load_generator
+    from detok.generators.sampling import balanced_labels
+    from detok.tokenizers.base import DiagonalGaussian
+
+    net = feature_net_for(ecfg.feature_net, data_cfg, torch.device("cpu"), ecfg.domain_steps, False)
+    ref = reference_for(net, data_cfg, ecfg.ref_stats, ecfg.ref_images, progress=False)
+    val = build_dataset(data_cfg, "val")
+    n = min(n, len(val))
+    bs = ecfg.batch_size
+    g = torch.Generator().manual_seed(seed)
+    perfect, means, samples = FID(net, ref), [], []
+    for start in range(0, n, bs):
+        x = torch.stack([val[i]["image"] for i in range(start, min(n, start + bs))])  # (b, 3, S, S) in [-1, 1]
+        post = DiagonalGaussian(tok.encode_moments(x))  # moments (b, 2C, h, w)
+        mean, z = post.mean, post.sample(g)  # (b, C, h, w) each: posterior mean, a posterior sample
+        perfect.update(to_uint8(tok.decode(z).float().clamp(-1, 1)))
+        means.append(tok.normalize(mean).flatten(1))  # (b, C*h*w)
+        samples.append(tok.normalize(z).flatten(1))  # (b, C*h*w)
+    means_t, real = torch.cat(means), torch.cat(samples).double().numpy()  # (n, D) each
+    out: dict = {"n": n, "perfect_fid": float(perfect.compute()["fid"])}
+    mu_r, sigma_r = gaussian_stats(real)
+    out["cells"] = {}
+    for cell_dir, cfg_scale in cells:
+        gen, _ = load_generator(cell_dir, use_ema=ecfg.ema)
+        gen.eval()
+        labels = balanced_labels(n, gen.num_classes)
+        zs = []
+        for start in range(0, n, bs):
+            y = labels[start : start + bs]
+            rng = torch.Generator().manual_seed(ecfg.seed * 1_000_003 + start)  # as sample_images seeds a batch
+            zs.append(gen.sample(len(y), y, cfg_scale=cfg_scale, rng=rng).flatten(1))  # (b, C*h*w) normalised
+        mu_g, sigma_g = gaussian_stats(torch.cat(zs).double().numpy())
+        out["cells"][cell_dir.name] = {"cfg": cfg_scale, "latent_fd": float(frechet_distance(mu_g, sigma_g, mu_r,
+                                                                                             sigma_r))}
+    d = torch.cdist(means_t, means_t)  # (n, n) L2 in normalised latent space
+    d.fill_diagonal_(float("inf"))
+    nearest = d.argmin(1)  # (n,) each latent's nearest other latent
+    ifid = FID(net, ref)
+    for start in range(0, n, bs):
+        idx = torch.arange(start, min(n, start + bs))
+        mid = 0.5 * (means_t[idx] + means_t[nearest[idx]])  # (b, C*h*w) midpoints
+        z = tok.denormalize(mid.view(len(idx), *tok.latent_shape))  # (b, C, h, w)
+        ifid.update(to_uint8(tok.decode(z).float().clamp(-1, 1)))
+    out["ifid"] = float(ifid.compute()["fid"])
+    return out
+
+
+def fill_secondary(results: Path, out: Path, ecfg, n: int) -> None:
+    """The mechanism endpoints of every finished v2 row in the results file, cached by run name in
+    ablation_secondary.json (beside it): perfect FID, each cell's excess FID and latent Frechet distance, iFID."""
+    from detok.eval.protocol import tokenizer_data_config
+    from detok.tokenizers.latents import LatentCache
+    from detok.tokenizers.load import load_tokenizer
+
+    path = results.with_name(results.stem + "_secondary.json")
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for r in json.loads(results.read_text())["rows"]:
+        if r.get("protocol") != "v2":
+            continue
+        row_name = f"{r['variant']}-s{r['seed']}-t{r['tok_steps']}"
+        name = f"{r['dataset']}/{row_name}"
+        run = out / r["dataset"] / "v2" / row_name / "decoder_ft"
+        bench = out / r["dataset"] / "v2" / "bench" / row_name
+        if name in done or not (run / "summary.json").is_file():
+            print(f"[ablation] secondary {name}: " + ("cached" if name in done else f"no run at {run}, skipped"))
+            continue
+        tok = load_tokenizer(run).eval()
+        meta = LatentCache(bench / "latents").meta  # the statistics the generators were trained and scored with
+        tok.set_stats(torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
+        LatentCache(bench / "latents").check(tok)
+        cells = []
+        for g, summary in r["generators"].items():
+            for cell in summary.get("seeds", [summary]):
+                cells.append((bench / f"{g}-g{cell['seed']}", float(cell["cfg"])))
+        t0 = time.perf_counter()
+        res = secondary_endpoints(tok, tokenizer_data_config(str(run)), cells, ecfg, n)
+        for g, summary in r["generators"].items():
+            for cell in summary.get("seeds", [summary]):
+                res["cells"][f"{g}-g{cell['seed']}"]["excess_fid"] = float(cell["fid"]) - res["perfect_fid"]
+        res["seconds"] = time.perf_counter() - t0
+        done[name] = res
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=2))
+        tmp.replace(path)
+        print(f"[ablation] secondary {name}: perfect FID {res['perfect_fid']:.2f}, iFID {res['ifid']:.2f}, latent FD "
+              + ", ".join(f"{k} {c['latent_fd']:.3f}" for k, c in res["cells"].items()), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     from detok.config import resolve
     from detok.data import build_dataset, collate
@@ -247,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist,shapes")
-    p.add_argument("--grid", default="main", choices=["main", "gamma", "mask", "all"])
+    p.add_argument("--grid", default="main", choices=["main", "gamma", "mask", "mitigation", "all"],
+                   help="main: the paper's five rows; gamma / mask: + its sweeps; mitigation: + joint_anneal; all: every row")
     p.add_argument("--generators", default="sit,mar")
     p.add_argument("--seeds", default="0", help="seeds of every variant (comma list)")
     p.add_argument("--extra", default="fashion-mnist:baseline:1,fashion-mnist:joint:1",
@@ -267,6 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--robustness", action="store_true",
                    help="only score how each finished tokenizer decodes perturbed latents (ablation_robustness.json)")
+    p.add_argument("--secondary", action="store_true",
+                   help="v2: add the mechanism endpoints (perfect-generator FID, excess FID, latent Frechet distance, "
+                        "iFID) of every finished v2 row to ablation_secondary.json")
     p.add_argument("--quick", action="store_true", help="3 tokenizer / 2 generator steps, 64 samples")
     p.add_argument("--protocol", default="v1", choices=["v1", "v2"],
                    help="v2 (docs/RESULTS.md): 3000-step tokenizers with the size-invariant KL, decoder fine-tuning, "
@@ -297,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     ecfg = resolve(EvalConfig, ["eval_small"], evals)
     if args.robustness:
         fill_robustness(Path(args.results), out, ecfg)
+        return
+    if args.secondary:
+        fill_secondary(Path(args.results), out, ecfg, ecfg.n_final)
         return
     ft_steps = 3 if args.quick else V2_DECODER_FT_STEPS
     gens = [g for g in args.generators.split(",") if g]
@@ -361,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         write_table(bench_dir)
         noise, gamma, mask = spec
         row = {"dataset": data, "variant": name, "tok_steps": args.tok_steps, "gamma": gamma, "mask_ratio": mask,
-               "noise": noise if gamma else "none", "seed": seed, "rfid": rec["rfid"],
+               "noise": noise if gamma else "none", "corruption_anneal": ANNEAL.get(name, 0.0), "seed": seed, "rfid": rec["rfid"],
                "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
                "generators": cells, "protocol": args.protocol}
         if v2:

@@ -46,3 +46,29 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         lines = [ln for ln in bad.stderr.splitlines() if ln.startswith("ablation.py:")]
         assert bad.returncode == 2 and len(lines) == 1 and key in lines[0], bad.stderr[-2000:]
     assert json.loads((out / "ablation.json").read_text())["rows"] == rows  # nothing reported under new settings
+
+
+@pytest.mark.slow
+def test_v2_mitigation_row_and_its_mechanism_endpoints(tmp_path):
+    """Protocol v2 end to end at --quick sizes: the joint_anneal mitigation row trains its tokenizer with the
+    corruption faded out over the last third, and --secondary adds the mechanism endpoints of the finished row:
+    excess FID is the cell's final FID minus the perfect-generator FID, at the primary endpoint's n."""
+    out = tmp_path / "abl"
+    v2 = ("--protocol", "v2", "--gen-seeds", "0")
+    first = _run(out, *v2, "--extra", "shapes:joint_anneal:0")  # the later --extra wins over _run's
+    assert first.returncode == 0, first.stderr[-3000:]
+    (row,) = json.loads((out / "ablation.json").read_text())["rows"]
+    assert row["variant"] == "joint_anneal" and row["protocol"] == "v2"
+    assert row["corruption_anneal"] == pytest.approx(1 / 3) and row["gamma"] == 3.0 and row["mask_ratio"] == 0.7
+    stage = json.loads((out / "shapes" / "v2" / "joint_anneal-s0-t3" / ablation.STAGE_FILE).read_text())
+    assert stage["corruption_anneal"] == pytest.approx(1 / 3)
+
+    second = _run(out, *v2, "--secondary")
+    assert second.returncode == 0, second.stderr[-3000:]
+    sec = json.loads((out / "ablation_secondary.json").read_text())["shapes/joint_anneal-s0-t3"]
+    cell = row["generators"]["sit"]
+    assert sec["n"] == cell["n"] == 64  # the same n as the primary endpoint's final FID
+    assert sec["perfect_fid"] > 0 and sec["ifid"] > 0
+    assert sec["cells"]["sit-g0"]["cfg"] == cell["cfg"]
+    assert sec["cells"]["sit-g0"]["excess_fid"] == pytest.approx(cell["fid"] - sec["perfect_fid"])
+    assert sec["cells"]["sit-g0"]["latent_fd"] >= 0
