@@ -333,10 +333,11 @@ def fill_secondary(results: Path, out: Path, ecfg, n: int) -> None:
         meta = LatentCache(bench / "latents").meta  # the statistics the generators were trained and scored with
         tok.set_stats(torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
         LatentCache(bench / "latents").check(tok)
-        cells = []
-        for g, summary in r["generators"].items():
-            for cell in summary.get("seeds", [summary]):
-                cells.append((bench / f"{g}-g{cell['seed']}", float(cell["cfg"])))
+        cells = [(bench / f"{g}-g{cell['seed']}", float(cell["cfg"]))
+                 for g, summary in r["generators"].items() for cell in summary.get("seeds", [summary])]
+        if not all((d / "cell.json").is_file() for d, _ in cells):  # a row of the file whose rerun is under way
+            print(f"[ablation] secondary {name}: generator cells not finished, skipped", flush=True)
+            continue
         t0 = time.perf_counter()
         res = secondary_endpoints(tok, tokenizer_data_config(str(run)), cells, ecfg, n)
         for g, summary in r["generators"].items():
