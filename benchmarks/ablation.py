@@ -91,14 +91,19 @@ def seed_summary(cells: list[dict]) -> dict:
 
 
 def save_rows(path: Path, rows: list[dict], meta: dict) -> None:
-    """Merge `rows` into the results file by (dataset, variant, seed), under a lock (grids run side by side)."""
+    """Merge `rows` into the results file by (protocol, dataset, variant, seed, tokenizer steps), under a lock (grids
+    run side by side). A row that is already there keeps the generators the new one did not run (a later
+    `--generators mar` adds MAR to a row of SiT cells; the stage records guarantee the same tokenizer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         top = json.loads(path.read_text()) if path.is_file() else {}
         old = top.pop("rows", [])
         key = lambda r: (r.get("protocol", "v1"), r["dataset"], r["variant"], r["seed"], r["tok_steps"])  # noqa: E731
-        merged = {key(r): r for r in old} | {key(r): r for r in rows}
+        merged = {key(r): r for r in old}
+        for r in rows:
+            kept = merged.get(key(r), {}).get("generators", {})
+            merged[key(r)] = {**r, "generators": {**kept, **r["generators"]}}
         order = {v: i for i, v in enumerate(variants("all"))}
         out = sorted(merged.values(), key=lambda r: (r.get("protocol", "v1"), r["dataset"], r["tok_steps"],
                                                      order[r["variant"]], r["seed"]))

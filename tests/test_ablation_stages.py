@@ -25,6 +25,20 @@ def test_check_stage_records_then_refuses_other_settings(tmp_path):
     assert json.loads((tmp_path / "s" / ablation.STAGE_FILE).read_text()) == {"latent_dim": 4, "steps": 3}
 
 
+def test_save_rows_adds_generators_to_a_row_and_replaces_what_was_rerun(tmp_path):
+    path = tmp_path / "ablation.json"
+    row = {"protocol": "v2", "dataset": "shapes", "variant": "joint", "seed": 0, "tok_steps": 3000, "psnr": 20.0}
+    ablation.save_rows(path, [{**row, "generators": {"sit": {"fid": 45.6}}}], {"protocol": "v2"})
+    ablation.save_rows(path, [{**row, "psnr": 20.5, "generators": {"mar": {"fid": 70.1}}}], {"protocol": "v2"})
+    other = {**row, "variant": "baseline", "generators": {"sit": {"fid": 17.6}}}
+    ablation.save_rows(path, [other], {"protocol": "v2"})
+    ablation.save_rows(path, [{**row, "generators": {"sit": {"fid": 44.0}}}], {"protocol": "v2"})
+    rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
+    assert rows["joint"]["generators"] == {"sit": {"fid": 44.0}, "mar": {"fid": 70.1}}  # rerun sit replaced, mar kept
+    assert rows["joint"]["psnr"] == 20.0 and rows["baseline"]["generators"] == {"sit": {"fid": 17.6}}
+    assert [r["variant"] for r in json.loads(path.read_text())["rows"]] == ["baseline", "joint"]  # the grid's order
+
+
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(BENCH / "ablation.py"), "--quick", "--threads", "2", "--out", str(out), "--data", "",
            "--extra", "shapes:baseline:0", "--generators", "sit", *extra]
