@@ -1,9 +1,12 @@
 """Tables and plots of the l-DeTok ablation from docs/results/ablation.json (written by benchmarks/ablation.py).
 
     python benchmarks/ablation_report.py            # -> docs/results/ablation.md, ablation_fid.png, ablation_recon_vs_gen.png
+                                                    #    and, for protocol v2 rows, ablation_v2.png
 
-Rows with several seeds are reported as mean +- sample standard deviation (and n); the tables are pasted into
-docs/RESULTS.md, whose verdicts cite them.
+Protocol v1 rows with several seeds are reported as mean +- sample standard deviation (and n). Protocol v2 rows
+(several generator seeds per tokenizer) get their own section: mean +- standard error over generator seeds, the
+mechanism endpoints of ablation_secondary.json, and the decision rule of docs/RESULTS.md applied to joint vs
+baseline. The tables are pasted into docs/RESULTS.md, whose verdicts cite them.
 """
 
 from __future__ import annotations
@@ -147,6 +150,133 @@ def robustness_table(rows: list[dict], robust: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def v2_name(r: dict) -> str:
+    """A v2 row's run name, the key of ablation_secondary.json (as ablation.py's fill_secondary writes it)."""
+    return f"{r['dataset']}/{r['variant']}-s{r['seed']}-t{r['tok_steps']}"
+
+
+def seeds_of(r: dict, gen: str) -> list[dict]:
+    cell = r["generators"].get(gen)
+    return [] if cell is None else cell.get("seeds", [cell])
+
+
+def mean_se(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    se = statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.fmean(values):.{digits}f} ± {se:.{digits}f}"
+
+
+def beats(a: list[float], b: list[float]) -> bool:
+    """The decision rule's test: a is lower than b in every seed (paired by seed order) and the mean difference
+    exceeds 2 standard errors of the difference."""
+    if not a or len(a) != len(b) or any(x >= y for x, y in zip(a, b)):
+        return False
+    if len(a) == 1:
+        return True
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    return statistics.fmean(b) - statistics.fmean(a) > 2 * se
+
+
+def verdict(rows: list[dict], secondary: dict, gen: str, data: str) -> str:
+    """docs/RESULTS.md's decision rule for joint vs baseline: 'reproduces' (primary endpoint), 'mechanism only'
+    (the secondary ones: excess FID and latent FD, every seed, > 2 standard errors), or 'does not reproduce'."""
+    by = {r["variant"]: r for r in rows if r["dataset"] == data}
+    if "joint" not in by or "baseline" not in by:
+        return "–"
+    j, b = by["joint"], by["baseline"]
+    if beats([c["fid"] for c in seeds_of(j, gen)], [c["fid"] for c in seeds_of(b, gen)]):
+        return "reproduces"
+    sj, sb = secondary.get(v2_name(j), {}).get("cells", {}), secondary.get(v2_name(b), {}).get("cells", {})
+    mine = [k for k in sj if k.startswith(gen)]
+    if not mine or sorted(mine) != sorted(k for k in sb if k.startswith(gen)):
+        return "does not reproduce on the primary endpoint; secondary endpoints not computed"
+    won = [key for key in ("excess_fid", "latent_fd")
+           if beats([sj[k][key] for k in sorted(mine)], [sb[k][key] for k in sorted(mine)])]
+    return f"mechanism only ({', '.join(won)})" if won else "does not reproduce"
+
+
+def v2_markdown(rows: list[dict], secondary: dict, meta: dict) -> str:
+    """Protocol v2: one row per tokenizer variant, reconstruction before / after decoder fine-tuning, each
+    generator's FID over seeds, and the mechanism endpoints; then the decision rule per dataset and generator."""
+    gens = generator_names(rows)
+    lines = []
+    for data in dict.fromkeys(r["dataset"] for r in rows):
+        lines += [f"### {data} (protocol v2)", "",
+                  "| tokenizer | γ | M | PSNR before → after FT | rFID | "
+                  + " | ".join(f"{g.upper()} FID (± se) | {g.upper()} class acc. | {g.upper()} excess FID | "
+                               f"{g.upper()} latent FD" for g in gens)
+                  + " | perfect-generator FID | iFID |", "|" + "---|" * (7 + 4 * len(gens))]
+        for r in (r for r in rows if r["dataset"] == data):
+            sec = secondary.get(v2_name(r), {})
+            cells = []
+            for g in gens:
+                seeds = seeds_of(r, g)
+                sc = [v for k, v in sorted(sec.get("cells", {}).items()) if k.startswith(g)]
+                accs = [c["class_accuracy"] for c in seeds if c.get("class_accuracy") is not None]
+                cells += [mean_se([c["fid"] for c in seeds]), mean_se(accs, 3),
+                          mean_se([c["excess_fid"] for c in sc if "excess_fid" in c]),
+                          mean_se([c["latent_fd"] for c in sc])]
+            stage1 = r.get("stage1", {})
+            name = r["variant"] + (f" (anneal {r['corruption_anneal']:.2g})" if r.get("corruption_anneal") else "")
+            floor = [f"{sec[k]:.2f}" if k in sec else "–" for k in ("perfect_fid", "ifid")]
+            lines.append(f"| {name} | {r['gamma']:g} | {r['mask_ratio']:g} | "
+                         f"{stage1.get('psnr', float('nan')):.2f} → {r['psnr']:.2f} | {r['rfid']:.1f} | "
+                         + " | ".join(cells) + " | " + " | ".join(floor) + " |")
+        lines += ["", "| decision rule (joint vs baseline) | " + " | ".join(g.upper() for g in gens) + " |",
+                  "|" + "---|" * (1 + len(gens)),
+                  f"| {data} | " + " | ".join(verdict(rows, secondary, g, data) for g in gens) + " |", ""]
+    ev = meta.get("eval", {})
+    grid = int(meta.get("image_size", 16)) // 4  # patch 4
+    lines.append(f"Protocol v2: tokenizers {rows[0]['tok_steps']} steps at {meta.get('image_size')} px, latent "
+                 f"{grid}x{grid}x{meta.get('latent_dim')}, KL scaled by latent size, decoder fine-tuned on clean "
+                 f"latents for {rows[0].get('decoder_ft_steps')} steps; generators {meta.get('gen_steps')} steps, seeds "
+                 f"{meta.get('gen_seeds')}; FID: {ev.get('feature_net')} features, CFG search over "
+                 f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')}; mean ± standard "
+                 "error over generator seeds. Excess FID = FID − perfect-generator FID (decoded posterior samples of "
+                 "val images); latent FD: generated vs real normalised latents; iFID: decoded nearest-neighbour "
+                 "midpoints.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_v2(rows: list[dict], secondary: dict, path: Path) -> None:
+    """Per variant: each generator's FID, its latent Frechet distance (per seed, as dots over the mean bar), and
+    the decoder's floor (perfect-generator FID, iFID): what the noise buys in modelability and costs in decoding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = generator_names(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    names = [r["variant"] for r in rows]
+    xs = range(len(rows))
+    width = 0.8 / max(1, len(gens))
+    for j, g in enumerate(gens):
+        off = (j - (len(gens) - 1) / 2) * width
+        for ax, values in ((axes[0], [[c["fid"] for c in seeds_of(r, g)] for r in rows]),
+                           (axes[1], [[v["latent_fd"] for k, v in sorted(secondary.get(v2_name(r), {})
+                                                                          .get("cells", {}).items()) if k.startswith(g)]
+                                      for r in rows])):
+            ax.bar([x + off for x in xs], [statistics.fmean(v) if v else float("nan") for v in values], width,
+                   alpha=0.6, label=g.upper())
+            for x, v in zip(xs, values):
+                ax.plot([x + off] * len(v), v, "k.", ms=4)
+    for k, key in enumerate(("perfect_fid", "ifid")):
+        axes[2].bar([x + (k - 0.5) * 0.4 for x in xs], [secondary.get(v2_name(r), {}).get(key, float("nan"))
+                                                         for r in rows], 0.4,
+                    label={"perfect_fid": "perfect generator (decoded posterior samples)", "ifid": "iFID"}[key])
+    titles = ("generation FID (primary; lower is better)", "latent Fréchet distance, generated vs real",
+              "decoder floor: FID of decoded latents")
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 def per_dataset_figure(rows: list[dict], width: float, height: float):
     """One panel per dataset: (figure, [(axes, dataset)])."""
     import matplotlib
@@ -213,22 +343,32 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     src = Path(args.results)
     data = json.loads(src.read_text())
-    rows = data["rows"]
+    if not data.get("rows"):
+        raise SystemExit(f"{src} has no rows yet: run benchmarks/ablation.py first")
+    rows = [r for r in data["rows"] if r.get("protocol", "v1") == "v1"]
+    v2 = [r for r in data["rows"] if r.get("protocol") == "v2"]
     for r in rows:
         r["label"] = label(r, data.get("default_tok_steps", 1000))
-    if not rows:
-        raise SystemExit(f"{src} has no rows yet: run benchmarks/ablation.py first")
-    robust_path = src.with_name(src.stem + "_robustness.json")
-    robust = json.loads(robust_path.read_text()) if robust_path.is_file() else {}
-    md = src.with_suffix(".md")
-    md.write_text(markdown(rows, data) + "\n#### Claims\n\n" + claims(rows)
-                  + "\n#### Reconstruction vs generation (Spearman ρ over tokenizers; +1 = better recon, better FID)\n\n"
-                  + rank_correlations(rows)
-                  + "\n#### Decoding perturbed latents (val images; σ in latent std units)\n\n" + robustness_table(rows, robust))
-    plot_fid(rows, src.with_name(src.stem + "_fid.png"))
-    plot_recon_vs_gen(rows, src.with_name(src.stem + "_recon_vs_gen.png"))
-    print(md.read_text())
-    print(f"-> {md}, {src.stem}_fid.png, {src.stem}_recon_vs_gen.png")
+    md, written, text = src.with_suffix(".md"), [src.with_suffix(".md").name], ""
+    if rows:
+        robust_path = src.with_name(src.stem + "_robustness.json")
+        robust = json.loads(robust_path.read_text()) if robust_path.is_file() else {}
+        text += (markdown(rows, data) + "\n#### Claims\n\n" + claims(rows)
+                 + "\n#### Reconstruction vs generation (Spearman ρ over tokenizers; +1 = better recon, better FID)\n\n"
+                 + rank_correlations(rows)
+                 + "\n#### Decoding perturbed latents (val images; σ in latent std units)\n\n" + robustness_table(rows, robust))
+        plot_fid(rows, src.with_name(src.stem + "_fid.png"))
+        plot_recon_vs_gen(rows, src.with_name(src.stem + "_recon_vs_gen.png"))
+        written += [f"{src.stem}_fid.png", f"{src.stem}_recon_vs_gen.png"]
+    if v2:
+        sec_path = src.with_name(src.stem + "_secondary.json")
+        secondary = json.loads(sec_path.read_text()) if sec_path.is_file() else {}
+        text += ("\n" if text else "") + v2_markdown(v2, secondary, data.get("protocols", {}).get("v2", {}))
+        plot_v2(v2, secondary, src.with_name(src.stem + "_v2.png"))
+        written.append(f"{src.stem}_v2.png")
+    md.write_text(text)
+    print(text)
+    print("-> " + ", ".join(written))
 
 
 if __name__ == "__main__":
