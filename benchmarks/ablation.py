@@ -50,8 +50,11 @@ GAMMA = {f"gamma{g:g}": ("interpolative" if g else "none", g, 0.0) for g in (1.0
 MASK = {f"mask{m:g}": ("interpolative", 3.0, m) for m in (0.3, 0.5, 0.9)}
 # our mitigation of the train / inference mismatch: joint, with tau and the mask ratio faded to 0 over the last
 # third of tokenizer training (`corruption_anneal`), so the decoder ends on clean latents with its encoder
-MITIGATION = {"joint_anneal": ("interpolative", 3.0, 0.7)}
+MITIGATION = {"joint_anneal": ("interpolative", 3.0, 0.7), "joint_told": ("interpolative", 3.0, 0.7)}
 ANNEAL = {"joint_anneal": 1 / 3}  # variant -> corruption_anneal (fraction of the last steps); others 0
+# variant -> tokenizer fields beyond (noise, gamma, M), in its stage key and in every stage that rebuilds it;
+# joint_told: the second mitigation, a decoder told the noise level tau of its input (0 at inference)
+TOKENIZER_EXTRA = {"joint_told": {"decoder_noise_cond": True}}
 
 
 def variants(grid: str) -> dict[str, tuple[str, float, float]]:
@@ -155,6 +158,7 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
     anneal = ANNEAL.get(name, 0.0)
     if anneal:  # only the mitigation rows carry it (older records have none)
         key["corruption_anneal"] = anneal
+    key.update(TOKENIZER_EXTRA.get(name, {}))
     check_stage(run, key)
     done = run / "summary.json"
     if done.is_file():
@@ -162,7 +166,7 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
     overrides = [f"train.out_dir={run}", f"train.seed={seed}", f"tokenizer.noise={noise}", f"tokenizer.gamma={gamma}",
                  f"tokenizer.mask_ratio={mask}", f"tokenizer.latent_dim={latent_dim}",
                  f"tokenizer.image_size={image_size}", "train.progress=false", f"optim.warmup_epochs={WARMUP[data]}",
-                 f"loss.kl_scale={kl_scale}", f"corruption_anneal={anneal}", *STUDY_PINS]
+                 f"loss.kl_scale={kl_scale}", f"corruption_anneal={anneal}", *STUDY_PINS, *extra_overrides(name)]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     cfg = tokenizer_config(None, [PRESETS[data]], overrides)
@@ -170,7 +174,13 @@ def train_tokenizer(data: str, name: str, spec: tuple[str, float, float], seed: 
     return train(cfg, resume=resume, recon_images=256)
 
 
-def finetune_decoder(data: str, run: Path, steps: int, image_size: int, latent_dim: int, kl_scale: str) -> Path:
+def extra_overrides(name: str) -> list[str]:
+    """The config overrides of a variant's TOKENIZER_EXTRA fields."""
+    return [f"tokenizer.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TOKENIZER_EXTRA.get(name, {}).items()]
+
+
+def finetune_decoder(data: str, run: Path, steps: int, image_size: int, latent_dim: int, kl_scale: str,
+                     extra: list[str] = ()) -> Path:
     """Decoder fine-tuning on clean latents (frozen encoder: the latent space is the tokenizer's), cached in
     RUN/decoder_ft; the fine-tuned run's folder."""
     from detok.runs.config import tokenizer_config
@@ -182,7 +192,8 @@ def finetune_decoder(data: str, run: Path, steps: int, image_size: int, latent_d
     if not (ft / "summary.json").is_file():
         overrides = [f"init_from={run}", f"train.out_dir={ft}", f"train.max_steps={steps}", "train.progress=false",
                      f"tokenizer.latent_dim={latent_dim}", f"tokenizer.image_size={image_size}",
-                     f"loss.kl_scale={kl_scale}", *STUDY_PINS, "decoder_only=true", "tokenizer.gamma=0.0", "tokenizer.mask_ratio=0.0"]
+                     f"loss.kl_scale={kl_scale}", *STUDY_PINS, "decoder_only=true", "tokenizer.gamma=0.0", "tokenizer.mask_ratio=0.0",
+                     *extra]
         cfg = tokenizer_config(None, [PRESETS[data], "quickstart_decoder_ft"], overrides)
         train(cfg, resume=(ft / "checkpoints" / "latest").exists(), recon_images=256)
     return ft
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist,shapes")
     p.add_argument("--grid", default="main", choices=["main", "gamma", "mask", "mitigation", "all"],
-                   help="main: the paper's five rows; gamma / mask: + its sweeps; mitigation: + joint_anneal; all: every row")
+                   help="main: the paper's five rows; gamma / mask: + its sweeps; mitigation: + joint_anneal, joint_told; all: every row")
     p.add_argument("--generators", default="sit,mar")
     p.add_argument("--seeds", default="0", help="seeds of every variant (comma list)")
     p.add_argument("--extra", default="fashion-mnist:baseline:1,fashion-mnist:joint:1",
@@ -447,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         stage1 = run
         if v2:  # every variant's decoder fine-tuned on clean latents; generators and metrics use it
             print(f"[ablation] {data} {row_name}: decoder fine-tuning", flush=True)
-            run = finetune_decoder(data, run, ft_steps, args.image_size, args.latent_dim, kl_scale)
+            run = finetune_decoder(data, run, ft_steps, args.image_size, args.latent_dim, kl_scale, extra_overrides(name))
         rec = tokenizer_metrics(run, ecfg)
         rec_stage1 = tokenizer_metrics(stage1, ecfg) if v2 else None
         tok = load_tokenizer(run)
@@ -489,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         write_table(bench_dir)
         noise, gamma, mask = spec
         row = {"dataset": data, "variant": name, "tok_steps": args.tok_steps, "gamma": gamma, "mask_ratio": mask,
-               "noise": noise if gamma else "none", "corruption_anneal": ANNEAL.get(name, 0.0), "seed": seed, "rfid": rec["rfid"],
+               "noise": noise if gamma else "none", "corruption_anneal": ANNEAL.get(name, 0.0),
+               **TOKENIZER_EXTRA.get(name, {}), "seed": seed, "rfid": rec["rfid"],
                "psnr": rec["psnr"], "ssim": rec["ssim"], "tokenizer_seconds": tok_summary.get("seconds"),
                "generators": cells, "protocol": args.protocol}
         if v2:

@@ -220,7 +220,8 @@ def v2_markdown(rows: list[dict], secondary: dict, meta: dict) -> str:
                           mean_se([c["excess_fid"] for c in sc if "excess_fid" in c]),
                           mean_se([c["latent_fd"] for c in sc])]
             stage1 = r.get("stage1", {})
-            name = r["variant"] + (f" (anneal {r['corruption_anneal']:.2g})" if r.get("corruption_anneal") else "")
+            name = r["variant"] + (f" (anneal {r['corruption_anneal']:.2g})" if r.get("corruption_anneal") else "") + (
+                " (decoder told tau)" if r.get("decoder_noise_cond") else "")
             floor = [f"{sec[k]:.2f}" if k in sec else "–" for k in ("perfect_fid", "ifid")]
             lines.append(f"| {name} | {r['gamma']:g} | {r['mask_ratio']:g} | "
                          f"{stage1.get('psnr', float('nan')):.2f} → {r['psnr']:.2f} | {r['rfid']:.1f} | "

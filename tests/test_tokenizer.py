@@ -226,3 +226,26 @@ def test_corruption_anneal_fades_the_last_fraction_of_training_linearly_to_zero(
     train_tokenizer(tokenizer_config("detok_tiny", [], [*common, f"train.out_dir={tmp_path / 'b'}"]), recon_images=0)
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert not any("corruption_strength" in r for r in rows) and any(r.get("tau", 0) > 0 for r in rows)
+
+
+def test_decoder_told_the_noise_level_starts_as_the_paper_and_reads_the_drawn_tau():
+    """`decoder_noise_cond`: at init (zero last layer) the decoder equals the paper's with the same weights; once
+    the embedding is non-zero its output depends on tau; inference decodes as tau = 0, and the training forward
+    hands the decoder exactly the tau it drew (the one it reports)."""
+    paper = DeTok(detok_config("detok_tiny", mask_ratio=0.0))
+    told = DeTok(detok_config("detok_tiny", mask_ratio=0.0, decoder_noise_cond=True))
+    missing, unexpected = told.load_state_dict(paper.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.noise_embed.") for k in missing)
+    x = _images()
+    z = paper.eval().encode(x)
+    torch.testing.assert_close(told.eval().decode(z), paper.decode(z), rtol=0, atol=0)
+    torch.nn.init.normal_(told.decoder.noise_embed.mlp[-1].weight, std=0.5)
+    tokens = z.flatten(2).transpose(1, 2)  # (B, N, C)
+    zero, half = (told.decoder(tokens, tau=torch.full((4,), t)) for t in (0.0, 0.5))
+    torch.testing.assert_close(told.decode(z), zero, rtol=0, atol=0)
+    assert (half - zero).abs().mean() > 1e-3
+    seen = []
+    told.decoder.noise_embed.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    _, _, corr = told.train()(x, rng=torch.Generator().manual_seed(3))
+    assert (corr.tau > 0).all()
+    torch.testing.assert_close(seen[-1], 1000 * corr.tau)

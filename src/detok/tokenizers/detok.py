@@ -8,6 +8,9 @@ Training-time corruption (off in eval mode):
 - latent noise on the visible latents: interpolative z' = (1 - tau) z + tau * gamma * eps (default)
   or additive z' = z + tau * gamma * eps, tau per sample from U(0, 1) or logit-normal.
 
+Not in the paper: `decoder_noise_cond` tells the decoder the noise level tau of its input (an embedding of tau
+added to every token; tau = 0 at inference), one mitigation of the train / inference mismatch.
+
 Axis letters: B batch, N = n*n tokens (row-major grid), L visible tokens, D width, C latent channels,
 P patch size, d head dim.
 """
@@ -21,6 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from detok.nn.dit_blocks import TimestepEmbedder
 from detok.nn.rope import RopeLayout, rope_table
 from detok.nn.sizes import SIZE_SUFFIXES, SIZES, size_of
 from detok.nn.transformer import RMS_EPS, Block, init_vit_weights
@@ -55,6 +59,10 @@ class DetokConfig:
     mask_low: float = -0.1
     mask_per_sample: bool = field(
         default=False, metadata={"help": "draw m per sample; upstream draws one m per batch (per rank)"}
+    )
+    decoder_noise_cond: bool = field(
+        default=False,
+        metadata={"help": "tell the decoder the noise level tau (0 at inference); not in the paper, off = paper"},
     )
 
 
@@ -126,17 +134,27 @@ class DetokDecoder(_ViT):
         self.mask_token = nn.Parameter(width**-0.5 * torch.randn(1, 1, width))
         self.to_pixels = nn.Linear(width, cfg.patch_size**2 * 3)  # upstream: 1x1 conv `ffn.1`
         self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
+        # tau in [0, 1] is embedded at the DiT timestep scale (x 1000) so the sinusoid's frequencies resolve it
+        self.noise_embed = TimestepEmbedder(width) if cfg.decoder_noise_cond else None
 
     def forward(
-        self, z: torch.Tensor, keep_idx: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        tau: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z (B, L, C) at positions keep_idx (B, L), mask (B, N) True = dropped -> images (B, 3, H, W)."""
+        """z (B, L, C) at positions keep_idx (B, L), mask (B, N) True = dropped, noise levels tau (B,) (None: 0;
+        read only with `decoder_noise_cond`) -> images (B, 3, H, W)."""
         x = self.decoder_embed(z)  # (B, L, D)
         if keep_idx is not None:
             b, _, width = x.shape
             full = x.new_zeros(b, self.grid * self.grid, width)  # (B, N, D)
             full = full.scatter(1, keep_idx[..., None].expand(-1, -1, width), x)
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), full)  # (B, N, D)
+        if self.noise_embed is not None:
+            tau = z.new_zeros(z.shape[0]) if tau is None else tau  # (B,)
+            x = x + self.noise_embed(1000 * tau)[:, None].to(x.dtype)  # (B, N, D) + (B, 1, D)
         x = self.run(x + self.positional_embedding, None, None)  # (B, N, D)
         pix = self.to_pixels(x)  # (B, N, P*P*3)
         img = rearrange(pix, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=self.grid, p1=self.patch, p2=self.patch)
@@ -165,6 +183,8 @@ class DeTok(Tokenizer):
         self.decoder = DetokDecoder(cfg)
         for part in (self.encoder, self.decoder):
             init_vit_weights(part)
+        if self.decoder.noise_embed is not None:  # starts as the paper's decoder: the embedding adds zero
+            nn.init.zeros_(self.decoder.noise_embed.mlp[-1].weight)
 
     # -- corruption --------------------------------------------------------------------------------
     def draw_mask(self, batch: int, device: torch.device, rng: torch.Generator | None = None, strength: float = 1.0):
@@ -226,7 +246,7 @@ class DeTok(Tokenizer):
         if corrupt and self.cfg.noise != "none" and self.cfg.gamma > 0:
             tau = self.draw_tau(b, dev, rng) * strength  # (B,)
             z = self.add_noise(z, tau, rng)
-        recon = self.decoder(z, keep_idx, mask)
+        recon = self.decoder(z, keep_idx, mask, tau)
         return recon, kl, Corruption(mask, ratio, tau, post.mean.detach().float().std())
 
     @staticmethod
