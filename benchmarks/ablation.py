@@ -328,7 +328,8 @@ def secondary_endpoints(tok, data_cfg, cells: list[tuple[Path, float]], ecfg, n:
 
 def fill_secondary(results: Path, out: Path, ecfg, n: int) -> None:
     """The mechanism endpoints of every finished v2 row in the results file, cached by run name in
-    ablation_secondary.json (beside it): perfect FID, each cell's excess FID and latent Frechet distance, iFID."""
+    ablation_secondary.json (beside it): perfect FID, each cell's excess FID and latent Frechet distance, iFID.
+    A row that gained generator cells since (e.g. MAR added to a SiT row) gets the new cells' endpoints."""
     from detok.eval.protocol import tokenizer_data_config
     from detok.tokenizers.latents import LatentCache
     from detok.tokenizers.load import load_tokenizer
@@ -342,24 +343,27 @@ def fill_secondary(results: Path, out: Path, ecfg, n: int) -> None:
         name = f"{r['dataset']}/{row_name}"
         run = out / r["dataset"] / "v2" / row_name / "decoder_ft"
         bench = out / r["dataset"] / "v2" / "bench" / row_name
-        if name in done or not (run / "summary.json").is_file():
-            print(f"[ablation] secondary {name}: " + ("cached" if name in done else f"no run at {run}, skipped"))
+        wanted = [(g, cell) for g, summary in r["generators"].items() for cell in summary.get("seeds", [summary])]
+        missing = [(g, cell) for g, cell in wanted if f"{g}-g{cell['seed']}" not in done.get(name, {}).get("cells", {})]
+        if not missing or not (run / "summary.json").is_file():
+            print(f"[ablation] secondary {name}: " + ("cached" if not missing else f"no run at {run}, skipped"))
             continue
         tok = load_tokenizer(run).eval()
         meta = LatentCache(bench / "latents").meta  # the statistics the generators were trained and scored with
         tok.set_stats(torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
         LatentCache(bench / "latents").check(tok)
-        cells = [(bench / f"{g}-g{cell['seed']}", float(cell["cfg"]))
-                 for g, summary in r["generators"].items() for cell in summary.get("seeds", [summary])]
+        cells = [(bench / f"{g}-g{cell['seed']}", float(cell["cfg"])) for g, cell in missing]
         if not all((d / "cell.json").is_file() for d, _ in cells):  # a row of the file whose rerun is under way
             print(f"[ablation] secondary {name}: generator cells not finished, skipped", flush=True)
             continue
         t0 = time.perf_counter()
         res = secondary_endpoints(tok, tokenizer_data_config(str(run)), cells, ecfg, n)
-        for g, summary in r["generators"].items():
-            for cell in summary.get("seeds", [summary]):
-                res["cells"][f"{g}-g{cell['seed']}"]["excess_fid"] = float(cell["fid"]) - res["perfect_fid"]
+        for g, cell in missing:
+            res["cells"][f"{g}-g{cell['seed']}"]["excess_fid"] = float(cell["fid"]) - res["perfect_fid"]
         res["seconds"] = time.perf_counter() - t0
+        if name in done:  # the same tokenizer, decoder and seed: its floor is recomputed identically
+            res["cells"] = {**done[name]["cells"], **res["cells"]}
+            res["seconds"] += done[name].get("seconds", 0.0)
         done[name] = res
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=2))

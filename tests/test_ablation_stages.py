@@ -86,3 +86,14 @@ def test_v2_mitigation_row_and_its_mechanism_endpoints(tmp_path):
     assert sec["cells"]["sit-g0"]["cfg"] == cell["cfg"]
     assert sec["cells"]["sit-g0"]["excess_fid"] == pytest.approx(cell["fid"] - sec["perfect_fid"])
     assert sec["cells"]["sit-g0"]["latent_fd"] >= 0
+
+    # MAR joins the finished SiT row: the row keeps its SiT cell, --secondary adds only the new cell's endpoints
+    third = _run(out, *v2, "--extra", "shapes:joint_anneal:0", "--generators", "mar")
+    assert third.returncode == 0, third.stderr[-3000:]
+    (both,) = json.loads((out / "ablation.json").read_text())["rows"]
+    assert both["generators"]["sit"] == row["generators"]["sit"] and "mar" in both["generators"]
+    fourth = _run(out, *v2, "--secondary")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    again = json.loads((out / "ablation_secondary.json").read_text())["shapes/joint_anneal-s0-t3"]
+    assert again["cells"]["sit-g0"] == sec["cells"]["sit-g0"] and again["perfect_fid"] == sec["perfect_fid"]
+    assert again["cells"]["mar-g0"]["excess_fid"] == pytest.approx(both["generators"]["mar"]["fid"] - sec["perfect_fid"])
