@@ -74,13 +74,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
                          + " | ".join(cells) + " |")
         lines.append("")
     ev = meta.get("eval", {})
-    grid = int(meta.get("image_size", 32)) // 4  # patch 4
-    lines.append(f"Tokenizer {meta.get('default_tok_steps', meta.get('tok_steps'))} steps (unless marked @steps) at {meta.get('image_size', 32)} px, latent "
-                 f"{grid}x{grid}x{meta.get('latent_dim')}; generators "
-                 f"{meta.get('gen_steps')} steps each; FID: {ev.get('feature_net')} features, CFG search over "
-                 f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')} samples at the "
-                 f"best scale; rFID / PSNR on {ev.get('recon_images')} val images.")
+    lines.append(f"Tokenizer {meta.get('default_tok_steps', meta.get('tok_steps'))} steps (unless marked @steps) at "
+                 f"{meta.get('image_size', 32)} px, latent {latent_shape(meta)}; generators {meta.get('gen_steps')} "
+                 f"steps each; {fid_phrase(ev)} samples at the best scale; rFID / PSNR on {ev.get('recon_images')} "
+                 "val images.")
     return "\n".join(lines) + "\n"
+
+
+def latent_shape(meta: dict) -> str:
+    grid = int(meta.get("image_size", 32)) // 4  # patch 4
+    return f"{grid}x{grid}x{meta.get('latent_dim')}"
+
+
+def fid_phrase(ev: dict) -> str:
+    return (f"FID: {ev.get('feature_net')} features, CFG search over {ev.get('cfg_scales')} with "
+            f"{ev.get('n_search')} samples, final {ev.get('n_final')}")
 
 
 # claim -> (variant, compared with): each the paper's ablation (reference-ldetok.md section 10.3)
@@ -229,13 +237,10 @@ def v2_markdown(rows: list[dict], secondary: dict, meta: dict) -> str:
         lines += ["", "| decision rule (joint vs baseline) | " + " | ".join(g.upper() for g in gens) + " |",
                   "|" + "---|" * (1 + len(gens)),
                   f"| {data} | " + " | ".join(verdict(rows, secondary, g, data) for g in gens) + " |", ""]
-    ev = meta.get("eval", {})
-    grid = int(meta.get("image_size", 16)) // 4  # patch 4
     lines.append(f"Protocol v2: tokenizers {rows[0]['tok_steps']} steps at {meta.get('image_size')} px, latent "
-                 f"{grid}x{grid}x{meta.get('latent_dim')}, KL scaled by latent size, decoder fine-tuned on clean "
-                 f"latents for {rows[0].get('decoder_ft_steps')} steps; generators {meta.get('gen_steps')} steps, seeds "
-                 f"{meta.get('gen_seeds')}; FID: {ev.get('feature_net')} features, CFG search over "
-                 f"{ev.get('cfg_scales')} with {ev.get('n_search')} samples, final {ev.get('n_final')}; mean ± standard "
+                 f"{latent_shape(meta)}, KL scaled by latent size, decoder fine-tuned on clean latents for "
+                 f"{rows[0].get('decoder_ft_steps')} steps; generators {meta.get('gen_steps')} steps, seeds "
+                 f"{meta.get('gen_seeds')}; {fid_phrase(meta.get('eval', {}))}; mean ± standard "
                  "error over generator seeds. Excess FID = FID − perfect-generator FID (decoded posterior samples of "
                  "val images); latent FD: generated vs real normalised latents; iFID: decoded nearest-neighbour "
                  "midpoints.")
