@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     from detok.eval.protocol import EvalConfig, tokenizer_data_config
     from detok.eval.table import write_table
     from detok.runs.bench import BenchConfig, prepare_latents, run_cell
+    from detok.runs.config import generator_recipe
     from detok.tokenizers.latents import latent_stats
     from detok.tokenizers.load import load_tokenizer
 
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                             {"stage": "generator cell", "generator": g, "steps": bench.steps, "seed": bench.seed,
                              "cache_images": bench.cache_images, "overrides": bench.overrides, "eval": vars(ecfg),
                              "stats_of": args.stats_of, "stats_images": STATS_IMAGES,
-                             **({"tokenizer": str(run)} if v2 else {})})
+                             **({"tokenizer": str(run), "recipe": generator_recipe(g)} if v2 else {})})
         cache = prepare_latents(tok, str(run), data_cfg, bench_dir / row_name, torch.device("cpu"),
                                 progress=False, max_images=args.cache_images)
         cells = {}

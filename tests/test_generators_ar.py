@@ -235,6 +235,28 @@ def test_diffloss_cfg_one_is_conditional():
     assert head.sample(z[:0], steps=10).shape == (0, 4)
 
 
+def test_diffloss_clip_keeps_a_respaced_sampler_of_an_untrained_head_in_range():
+    """The cosine schedule's last step (abar ~ 2e-9) turns any eps error into a huge x0: the zero-initialised
+    head (eps = 0) samples at std > 100 with 50 respaced steps, as a CPU-budget MAR did. Clamping x0 to +-3
+    (`diffloss_clip`) keeps every sample inside +-3; clip 0 is the free sampler exactly; both families'
+    configs reach the head."""
+    z = torch.randn(64, 8, generator=gen(0))
+    free = DiffLoss(channels=4, cond_channels=8, depth=2, width=16)
+    clipped = DiffLoss(channels=4, cond_channels=8, depth=2, width=16, clip_xstart=3.0)
+    clipped.load_state_dict(free.state_dict())
+    a = free.sample(z, steps=50, rng=gen(1))
+    assert a.std() > 100
+    b = clipped.sample(z, steps=50, rng=gen(1))
+    assert b.abs().max() <= 3.0 + 1e-5 and b.std() > 0.1
+    torch.testing.assert_close(clipped.sample_plain(z, steps=50, rng=gen(1)), b, rtol=1e-5, atol=1e-5)
+    zero = DiffLoss(channels=4, cond_channels=8, depth=2, width=16, clip_xstart=0.0)
+    zero.load_state_dict(free.state_dict())
+    torch.testing.assert_close(zero.sample(z, steps=50, rng=gen(1)), a, rtol=0, atol=0)
+    assert build("generator", "mar_tiny", diffloss_clip=3.0).diffloss.clip_xstart == 3.0
+    assert build("generator", "rasterar_tiny", diffloss_clip=3.0).diffloss.clip_xstart == 3.0
+    assert build("generator", "mar_tiny").diffloss.clip_xstart == 0.0  # the default is upstream's
+
+
 @pytest.mark.parametrize("chunk_elements", [1 << 23, 200])  # all steps in one product / a few steps per chunk
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_diffloss_precomputed_modulations_equal_the_plain_head(monkeypatch, chunk_elements, cfg):

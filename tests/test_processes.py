@@ -125,6 +125,23 @@ def test_eps_xstart_conversions_invert():
     close(p.q_sample(x0, t, eps), x_t, atol=1e-9, rtol=1e-9)
 
 
+def test_p_mean_variance_clip_clamps_pred_xstart_before_the_posterior_mean():
+    """clip=c: pred_xstart clamped to [-c, c], the mean is the posterior mean of the clamped x0, the variance
+    is unchanged; clip=None is the free (upstream) computation."""
+    p = GaussianDiffusion("cosine", learn_sigma=False)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = 3 * torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([999, 999, 500, 10, 1, 0])
+    free, clipped = p.p_mean_variance(eps, x_t, t), p.p_mean_variance(eps, x_t, t, clip=2.0)
+    assert free["pred_xstart"].abs().max() > 1e3  # abar at t = 999 is ~2e-9
+    close(clipped["pred_xstart"], free["pred_xstart"].clamp(-2.0, 2.0), atol=0, rtol=0)
+    mean, _, _ = p.q_posterior_mean_variance(free["pred_xstart"].clamp(-2.0, 2.0), x_t, t)
+    close(clipped["mean"], mean, atol=0, rtol=0)
+    close(clipped["variance"], free["variance"], atol=0, rtol=0)
+    loose = p.p_mean_variance(eps, x_t, t, clip=1e12)
+    close(loose["mean"], free["mean"], atol=0, rtol=0)
+
+
 def test_respace_full_equals_original_and_spec_forms():
     p = GaussianDiffusion("linear")
     full = p.respace("1000")

@@ -23,7 +23,7 @@ from torch import nn
 
 from detok.config import from_dict
 from detok.generators.base import LABEL_DROPOUT
-from detok.generators.mar import LatentTokenGenerator, Mlp, random_orders
+from detok.generators.mar import LatentTokenGenerator, Mlp, diffloss_clip_field, random_orders
 from detok.nn.dit_blocks import make_norm, modulate
 from detok.nn.linear import Linear
 from detok.nn.sizes import SIZE_SUFFIXES, SIZES
@@ -150,6 +150,7 @@ class ARConfig:
     diffloss_w: int = 1024
     diffusion_batch_mul: int = 4
     num_sampling_steps: int | str = "100"  # respacing of the head's DDPM when sampling
+    diffloss_clip: float = diffloss_clip_field()
     temperature: float = 1.0
     cfg_schedule: Literal["linear", "constant"] = "linear"
 

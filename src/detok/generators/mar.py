@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,13 @@ def mask_by_order(orders: torch.Tensor, num_masked: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
+def diffloss_clip_field() -> Any:
+    """The config field of both families' head clamp (DiffLoss.clip_xstart)."""
+    return field(default=0.0, metadata={
+        "help": "clamp the head's predicted x0 to +-this while sampling (normalised latent units; 0: free, as "
+                "upstream). CPU-budget heads need it: their respaced samples blow up without (DiffLoss)"})
+
+
 class TokenHeadConfig(Protocol):
     """The config fields `LatentTokenGenerator` reads (MARConfig and ar.ARConfig have them all)."""
 
@@ -143,6 +150,7 @@ class TokenHeadConfig(Protocol):
     diffloss_w: int
     diffusion_batch_mul: int
     num_sampling_steps: int | str
+    diffloss_clip: float
     temperature: float
     cfg_schedule: Literal["linear", "constant"]
 
@@ -169,7 +177,7 @@ class LatentTokenGenerator(Generator):
         """The per-token DiffLoss head: tokens of `token_dim` conditioned on backbone outputs of `width`."""
         cfg = self.cfg
         return DiffLoss(self.token_dim, cfg.width, cfg.diffloss_d, cfg.diffloss_w,
-                        cfg.num_sampling_steps, cfg.diffusion_batch_mul)  # fmt: skip
+                        cfg.num_sampling_steps, cfg.diffusion_batch_mul, clip_xstart=cfg.diffloss_clip)  # fmt: skip
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, T), row-major tokens with channels laid out (c p q) as upstream."""
@@ -227,6 +235,7 @@ class MARConfig:
     diffloss_w: int = 1024
     diffusion_batch_mul: int = 4
     num_sampling_steps: int | str = "100"  # respacing of the head's DDPM when sampling
+    diffloss_clip: float = diffloss_clip_field()
     num_iter: int = field(default=64, metadata={"help": "AR steps when sampling; the paper's eval uses 256"})
     temperature: float = 1.0
     cfg_schedule: Literal["linear", "constant"] = "linear"

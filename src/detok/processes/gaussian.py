@@ -197,8 +197,13 @@ class GaussianDiffusion:
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
-    def p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
-        """Mean, variance, log variance of p(x_{t-1} | x_t) and pred_xstart from the network output."""
+    def p_mean_variance(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip: float | None = None
+    ) -> dict[str, Tensor]:
+        """Mean, variance, log variance of p(x_{t-1} | x_t) and pred_xstart from the network output.
+
+        `clip` clamps pred_xstart to [-clip, clip] before the posterior mean (IDDPM's clip_denoised, with a
+        range); None, as upstream MAR, leaves it free."""
         c = x_t.shape[1]
         if self.learn_sigma:
             if model_output.shape[1] != 2 * c:
@@ -216,6 +221,8 @@ class GaussianDiffusion:
             var = self._take(self.fixed_large_variance, t, x_t).expand_as(x_t)
             log_var = self._take(self.fixed_large_variance.log(), t, x_t).expand_as(x_t)
         pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+        if clip is not None:
+            pred_xstart = pred_xstart.clamp(-clip, clip)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {"mean": mean, "variance": var, "log_variance": log_var, "pred_xstart": pred_xstart}
 
@@ -277,12 +284,14 @@ class GaussianDiffusion:
         rng: torch.Generator | None = None,
         temperature: float = 1.0,
         progress: bool = False,
+        clip: float | None = None,
     ) -> Tensor:
-        """Ancestral sampling from x_T = noise; sampled noise scaled by `temperature` (MAR), none at t = 0."""
+        """Ancestral sampling from x_T = noise; sampled noise scaled by `temperature` (MAR), none at t = 0;
+        pred_xstart clamped to [-clip, clip] when `clip` is given (`p_mean_variance`)."""
         x = noise
         for i in _progress(range(self.num_timesteps - 1, -1, -1), progress):
             t, out = self._model(model_fn, x, i)
-            pmv = self.p_mean_variance(out, x, t)
+            pmv = self.p_mean_variance(out, x, t, clip)
             x = pmv["mean"]
             if i > 0:
                 x = x + torch.exp(0.5 * pmv["log_variance"]) * randn_like(x, rng) * temperature
