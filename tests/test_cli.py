@@ -201,3 +201,19 @@ def test_encode_folder_with_unreadable_files_caches_real_images_only(tiny_run, t
                  str(tmp_path / "imgs"), "--num-workers", "0", "--bad-images", "fail"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(err) == 1 and "broken.png" in err[0]
+
+
+def test_cli_prints_a_warning_as_one_line():
+    """`detok` commands show Python warnings (e.g. the latent-inflation warning) as one readable line: no file
+    path and no source line."""
+    import warnings
+
+    from detok.cli.common import setup_logging
+
+    before = warnings.formatwarning
+    try:
+        setup_logging()
+        text = warnings.formatwarning(RuntimeWarning("step 150: latents too large"), RuntimeWarning, "x.py", 7, "code")
+    finally:
+        warnings.formatwarning = before
+    assert text == "[detok] RuntimeWarning: step 150: latents too large\n"

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import textwrap
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,14 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def setup_logging() -> None:
+    """INFO messages as plain lines, and Python warnings as one line each (no file path, no source line): what a
+    command prints is read by people. Library use keeps Python's defaults."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.formatwarning = one_line_warning
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    return f"[detok] {category.__name__}: {message}\n"
 
 
 def print_summary(title: str, data: dict[str, Any]) -> None:

@@ -69,8 +69,6 @@ class TokenizerTask(Task):
         warnings.warn(f"step {step}: the encoder's posterior means have std {mean_std:.3g} > {limit:g} x gamma "
                       f"({gamma:g}): the latent noise corrupts them less than intended (consider "
                       "loss.kl_scale=latent_size or a larger kl_weight)", RuntimeWarning, stacklevel=2)
-        log.warning("[detok] latent inflation at step %d: posterior-mean std %.3g > %g x gamma %g", step, mean_std,
-                    limit, gamma)
 
     def setup(self, info, wrap) -> None:
         self.loss.to(info.device)
