@@ -48,8 +48,9 @@ MAIN = {
 }
 GAMMA = {f"gamma{g:g}": ("interpolative" if g else "none", g, 0.0) for g in (1.0, 2.0, 4.0)}
 MASK = {f"mask{m:g}": ("interpolative", 3.0, m) for m in (0.3, 0.5, 0.9)}
-# our mitigation of the train / inference mismatch: joint, with tau and the mask ratio faded to 0 over the last
-# third of tokenizer training (`corruption_anneal`), so the decoder ends on clean latents with its encoder
+# our mitigations of the train / inference mismatch, both joint: joint_anneal fades tau and the mask ratio to 0
+# over the last third of tokenizer training (`corruption_anneal`), so the decoder ends on clean latents with its
+# encoder; joint_told tells the decoder the noise level (TOKENIZER_EXTRA below)
 MITIGATION = {"joint_anneal": ("interpolative", 3.0, 0.7), "joint_told": ("interpolative", 3.0, 0.7)}
 ANNEAL = {"joint_anneal": 1 / 3}  # variant -> corruption_anneal (fraction of the last steps); others 0
 # variant -> tokenizer fields beyond (noise, gamma, M), in its stage key and in every stage that rebuilds it;
