@@ -15,6 +15,7 @@ Rows:
   train_ddt_quickstart   one DDT training step as the engine runs it (DDTTask.step, finiteness check, zero_grad,
                          backward, clip_grad_norm_, the engine's fused AdamW, EMA), quickstart_ddt.yaml's model,
                          optimiser and batch (ddt_mini, 32 px, batch 32): img/s, counted GFLOP/s, % of peak
+  train_ddt_quickstart_compiled   the same step with train.compile=blocks (every transformer block compiled)
   train_ddt_s_256        the same step, ddt_s at 256 px (K 256, V 8192), the DDT recipe's defaults, batch 4:
                          the paper-shaped row
   decode_ddt_quickstart_25 / _50   eval-mode `DDT.detokenize` of 64 id sequences, 25 / 50 Euler steps: img/s
@@ -58,6 +59,7 @@ from benchlib import (
 from detok import registry
 from detok.engine.ema import EMA
 from detok.engine.tasks import DDTTask
+from detok.engine.trainer import compile_blocks
 from detok.nn.optim import adamw, split_decay
 from detok.runs.config import DDTRunConfig, tokenizer_config
 from detok.tokenizers.ddt import DDT
@@ -83,6 +85,7 @@ class Case:
     codebook: int = 0  # ar_sample: V
     cfg: float = 1.0  # ar_sample: guidance scale on the logits
     kv_cache: bool = True  # ar_sample
+    compile: bool = False  # train: every transformer block torch.compile'd (train.compile=blocks)
     label: str = ""
     help: str = ""
     quick: dict[str, Any] = field(default_factory=dict)
@@ -106,6 +109,11 @@ CASES: dict[str, Case] = {
         "train", None, ("quickstart_ddt",), 0, 3, 20, quick={"batch": 4},
         help="quickstart_ddt.yaml: ddt_mini (4+4 blocks of width 128), 32 px, patch 4, K 32, V 1024; its optim "
              "(lr 1e-3, betas 0.9/0.99, clip 1.0, no wd, fused AdamW), EMA 0.99 and batch 32",
+    ),  # fmt: skip
+    "train_ddt_quickstart_compiled": Case(
+        "train", None, ("quickstart_ddt",), 0, 3, 20, compile=True, label="compile_blocks", quick={"batch": 4},
+        help="train_ddt_quickstart with train.compile=blocks (every encoder and decoder block "
+             "torch.compile(dynamic=True)'d; the compilation runs in the warm-up steps)",
     ),  # fmt: skip
     "train_ddt_s_256": Case(
         "train", "ddt_s", (), 4, 2, 5, label="paper-shaped", quick={"model": "ddt_tiny", "batch": 2},
@@ -193,7 +201,9 @@ def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str,
         with counter() as fc:
             bench.step(base + 500 + i)
         counted.append(int(fc.get_total_flops()))
-    for i in range(1, warmup):
+    # train.compile=blocks: compiled after the eager FLOP count (the same math); warm-up includes the compilation
+    compiled = compile_blocks(bench.model) if case.compile else 0
+    for i in range(1, max(warmup, 3 if compiled else 1)):
         bench.step(base + i)
     seeds = [base + 1000 + i for i in range(repeats)]
     phases = [bench.step(s) for s in seeds]
@@ -210,6 +220,7 @@ def run_train_case(name: str, case: Case, args: argparse.Namespace) -> dict[str,
         "optim": {"lr": bench.lr, "betas": list(o.betas), "weight_decay": o.weight_decay, "grad_clip": o.grad_clip,
                   "adamw": o.adamw, "ema_decay": cfg.train.ema_decay},  # fmt: skip
         "warmup": f"{warmup} + {n_count} FLOP-counted",
+        "compiled_blocks": compiled,
         "repeats": repeats,
         "seeds": seeds,
         "step_seconds": times,
@@ -422,16 +433,16 @@ def print_table(result: dict[str, Any]) -> None:
     rows = result["rows"]
     img = [r for r in rows if r.get("kind") in ("train", "decode")]
     if img:
-        head = (f"{'case':<26}{'label':<14}{'batch':>6}{'%peak':>7}{'GFLOP/s med':>12}  {'img/s med [min-max]':<26}"
+        head = (f"{'case':<31}{'label':<14}{'batch':>6}{'%peak':>7}{'GFLOP/s med':>12}  {'img/s med [min-max]':<26}"
                 f"{'GFLOP/img':>10}{'RSS MB':>8}")  # fmt: skip
         print("\nDDT tokenizer: training step (fwd + bwd + fused AdamW + EMA) and decoding (detokenize)\n" + head)
         print("-" * len(head))
         for r in img:
             if r.get("error"):
-                print(f"{r['case']:<26} ERROR {r['error']}")
+                print(f"{r['case']:<31} ERROR {r['error']}")
                 continue
             label = r["label"] or (f"{r['euler_steps']} Euler" if r["kind"] == "decode" else "")
-            print(f"{r['case']:<26}{label:<14}{r['batch']:>6}{100 * r['peak_fraction']:>6.1f}%"
+            print(f"{r['case']:<31}{label:<14}{r['batch']:>6}{100 * r['peak_fraction']:>6.1f}%"
                   f"{r['gflops_achieved']['median']:>12.1f}  {fmt_range(r['img_per_s'], '.2f'):<26}"
                   f"{r['flops_per_img'] / 1e9:>10.3f}{r['peak_rss_mb']:>8.0f}")  # fmt: skip
     ar = [r for r in rows if r.get("kind") == "ar_sample"]
@@ -450,7 +461,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\nTarget >= {100 * TARGET_PEAK_FRACTION:.0f}% of the in-run peak (training step):")
         for c in result["peak_targets"]:
             mark = "meets" if c["meets_target"] else "below"
-            print(f"  {c['case']:<24} {100 * c['peak_fraction']:5.1f}%  {mark}{'  (' + c['label'] + ')' if c['label'] else ''}")
+            print(f"  {c['case']:<30} {100 * c['peak_fraction']:5.1f}%  {mark}{'  (' + c['label'] + ')' if c['label'] else ''}")
     kv = result["kv_comparison"]
     if "speedup" in kv:
         lo, hi = kv["speedup_range"]

@@ -18,6 +18,7 @@ SCRIPT = REPO / "benchmarks" / "bench_ddt.py"
 
 ROWS = {  # case -> (kind, its absolute throughput key)
     "train_ddt_quickstart": ("train", "img_per_s"),
+    "train_ddt_quickstart_compiled": ("train", "img_per_s"),
     "train_ddt_s_256": ("train", "img_per_s"),
     "decode_ddt_quickstart_25": ("decode", "img_per_s"),
     "decode_ddt_quickstart_50": ("decode", "img_per_s"),
@@ -50,11 +51,14 @@ def test_quick_run_reports_every_row_and_the_cache_ratio(tmp_path):
             assert 0 < r[key]["min"] <= r[key]["median"] <= r[key]["max"], (case, key, r[key])
         assert r["peak_rss_mb"] >= r["rss_at_start_mb"] > 0
         assert r["case_matmul_gflops"] > 0 and all(t > 0 for t in r["step_seconds"])
-    for case in ("train_ddt_quickstart", "train_ddt_s_256"):
+    for case in ("train_ddt_quickstart", "train_ddt_quickstart_compiled", "train_ddt_s_256"):
         r = rows[case]
         assert r["flops_per_step"] > 0 and r["flops_constant"] and r["peak_target"] == 0.6
         assert isinstance(r["meets_peak_target"], bool)
     assert rows["train_ddt_s_256"]["label"] == "paper-shaped"
+    # the compiled row compiles every encoder / decoder block after its eager FLOP count: the same math counted
+    assert rows["train_ddt_quickstart_compiled"]["compiled_blocks"] > 0 == rows["train_ddt_quickstart"]["compiled_blocks"]
+    assert rows["train_ddt_quickstart_compiled"]["flops_per_step"] == rows["train_ddt_quickstart"]["flops_per_step"]
     assert {r["euler_steps"] for c, r in rows.items() if c.startswith("decode")} == {25, 50}
     assert rows["ddt_ar_sample_kv"]["kv_cache"] and not rows["ddt_ar_sample_nocache"]["kv_cache"]
     # the no-cache sampler recomputes every prefix: more counted FLOPs for the same ids
@@ -66,7 +70,7 @@ def test_quick_run_reports_every_row_and_the_cache_ratio(tmp_path):
         rows["ddt_ar_sample_nocache"]["seconds_per_sample"]["median"]
         / rows["ddt_ar_sample_kv"]["seconds_per_sample"]["median"]
     )
-    assert {p["case"] for p in result["peak_targets"]} == {"train_ddt_quickstart", "train_ddt_s_256"}
+    assert {p["case"] for p in result["peak_targets"]} == {n for n, (kind, _) in ROWS.items() if kind == "train"}
 
     # the printed table: the CPU-only line, every row, the cache / no-cache summary
     assert "CPU rows only" in proc.stdout
