@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def probe_net(channels: int, num_classes: int) -> nn.Module:
     )  # fmt: skip
 
 
-def train_probe(latents: torch.Tensor, labels: torch.Tensor, num_classes: int, *, steps: int = 1500,
+def train_probe(latents: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, num_classes: int, *, steps: int = 1500,
                 batch: int = 128, lr: float = 2e-3, seed: int = 0) -> tuple[nn.Module, dict[str, float]]:
     """Fit the probe on normalised latents (N, C, h, w) with labels (N,); the last HELD_OUT of them are held out.
 
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(args.seed + 1)
 
     def posterior_samples(idx: torch.Tensor) -> torch.Tensor:
-        mu, logvar = moments[idx].chunk(2, 1)  # (B, C, h, w) each
-        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)
-        return (z - mean) / std  # normalised, as generators train on them
+        return (LatentCache.sample(moments[idx], g) - mean) / std  # (B, C, h, w), normalised as generators see them
 
     net, acc = train_probe(posterior_samples, labels, cache.num_classes, steps=args.probe_steps, seed=args.seed)
     result: dict[str, Any] = {
